@@ -1,0 +1,180 @@
+"""HDF5 shards: the one on-disk format shared by real and synthetic samples (schema v1).
+
+See docs/shard_schema.md for the full schema. Images are uint8 [N, V, S, S, 3]; cameras are
+``K`` [N, V, 3, 3] (pixels, corner-origin convention) and ``c2w`` [N, V, 4, 4] (OpenCV
+camera-to-world in the normalized world). A shard is written to a temporary file and renamed
+when complete, so a killed job never leaves a file that looks like a shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from workflow_scripts.atomic import atomic_path
+from workflow_scripts.errors import InputError
+
+SCHEMA_VERSION = 1
+KINDS = ("real", "synthetic")
+
+# Per-sample datasets common to both kinds: name -> (dtype, shape after [N] given V and S).
+_COMMON = {
+    "images": (np.uint8, lambda V, S: (V, S, S, 3)),
+    "masks": (np.uint8, lambda V, S: (V, S, S)),
+    "K": (np.float32, lambda V, S: (V, 3, 3)),
+    "c2w": (np.float32, lambda V, S: (V, 4, 4)),
+    "frame_index": (np.int64, lambda V, S: ()),
+    "norm_from_raw": (np.float64, lambda V, S: (4, 4)),
+    "view_valid": (np.bool_, lambda V, S: (V,)),
+}
+_SYNTHETIC = {
+    "depth": (np.float32, lambda V, S: (V, S, S)),
+}
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the settings that made a shard."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+class ShardWriter:
+    """Append samples one at a time; the file appears at ``path`` only after ``close()``.
+
+    Usage::
+
+        with ShardWriter(path, kind="synthetic", num_views=32, image_size=256, params=p) as w:
+            w.add(images=..., masks=..., K=..., c2w=..., frame_index=i, session="synthetic",
+                  depth=..., vertices=..., extras={"pose/body_scale": ...})
+
+    ``extras`` holds any further per-sample arrays (e.g. ``vertices``, ``joints``, ``pose/*``,
+    ``lights/*``, ``qc/*``); each becomes a dataset [N, *shape]. ``file_attrs``/``set_constant``
+    store per-file data such as ``faces``.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str, num_views: int, image_size: int, params: dict[str, Any]):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.path = Path(path)
+        self.kind, self.V, self.S = kind, int(num_views), int(image_size)
+        self._stack = ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        self._f = h5py.File(self._tmp, "w")
+        self._n = 0
+        pj = json.dumps(params, sort_keys=True)
+        self._f.attrs.update(schema_version=SCHEMA_VERSION, kind=kind, image_size=self.S, num_views=self.V,
+                             params_json=pj, params_hash=params_hash(params))
+        self._f.create_dataset("session", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(256,))
+
+    def _dataset(self, name: str, dtype, shape: tuple[int, ...]) -> h5py.Dataset:
+        if name in self._f:
+            ds = self._f[name]
+            if ds.shape[1:] != tuple(shape):
+                raise ValueError(f"{self.path}: sample field {name!r} has shape {shape}, earlier samples {ds.shape[1:]}")
+            return ds
+        big = int(np.prod(shape)) * np.dtype(dtype).itemsize > 4096
+        return self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                      chunks=(1, *shape) if big else (64, *shape),
+                                      compression="lzf" if big else None)
+
+    def add(self, *, images, masks, K, c2w, frame_index: int, session: str, norm_from_raw=None, view_valid=None,
+            depth=None, extras: dict[str, np.ndarray] | None = None) -> None:
+        fields: dict[str, Any] = {
+            "images": images, "masks": masks, "K": K, "c2w": c2w, "frame_index": frame_index,
+            "norm_from_raw": np.eye(4) if norm_from_raw is None else norm_from_raw,
+            "view_valid": np.ones(self.V, bool) if view_valid is None else view_valid,
+        }
+        specs = dict(_COMMON)
+        if self.kind == "synthetic":
+            if depth is None:
+                raise ValueError("synthetic samples need depth")
+            fields["depth"] = depth
+            specs.update(_SYNTHETIC)
+        for name, value in fields.items():
+            dtype, shape_fn = specs[name]
+            arr = np.asarray(value, dtype=dtype)
+            want = shape_fn(self.V, self.S)
+            if arr.shape != want:
+                raise ValueError(f"{self.path}: {name} has shape {arr.shape}, expected {want}")
+            self._append(name, arr, dtype)
+        for name, value in (extras or {}).items():
+            arr = np.asarray(value)
+            self._append(name, arr, arr.dtype)
+        ds = self._f["session"]
+        ds.resize((self._n + 1,))
+        ds[self._n] = session
+        self._n += 1
+
+    def _append(self, name: str, arr: np.ndarray, dtype) -> None:
+        ds = self._dataset(name, dtype, arr.shape)
+        ds.resize((self._n + 1, *arr.shape))
+        ds[self._n] = arr
+
+    def set_constant(self, name: str, value: np.ndarray) -> None:
+        """A per-file dataset (e.g. mesh ``faces`` [F, 3])."""
+        self._f.create_dataset(name, data=np.asarray(value))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        self._f.attrs["num_samples"] = self._n
+        self._f.close()
+        self._stack.close()
+
+    def abort(self) -> None:
+        self._f.close()
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()
+            self._stack.__exit__(exc_type, exc, tb)
+
+
+def open_shard(path: str | os.PathLike) -> h5py.File:
+    """Open a shard read-only and check its schema version (clear error otherwise)."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: not a readable HDF5 shard ({e}). Fix: delete it and rerun the rule that makes it.") from e
+    version = f.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        f.close()
+        raise InputError(f"{path}: shard schema version {version!r}, this code reads {SCHEMA_VERSION}. Fix: rerun the rule that makes it.")
+    return f
+
+
+def read_sample(f: h5py.File, i: int, views: np.ndarray | list[int] | None = None) -> dict[str, Any]:
+    """One sample as NumPy arrays; ``views`` selects views (sorted on read, returned in the given order)."""
+    out: dict[str, Any] = {}
+    for name in ("images", "masks", "K", "c2w", "view_valid", "depth"):
+        if name not in f:
+            continue
+        # A sample is one chunk, so reading it whole and selecting views costs nothing extra.
+        out[name] = f[name][i] if views is None else f[name][i][np.asarray(views)]
+    out["frame_index"] = int(f["frame_index"][i])
+    out["session"] = f["session"][i].decode() if isinstance(f["session"][i], bytes) else str(f["session"][i])
+    out["norm_from_raw"] = f["norm_from_raw"][i]
+    for name in ("vertices", "joints"):
+        if name in f:
+            out[name] = f[name][i]
+    return out
+
+
+def iter_samples(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    with open_shard(path) as f:
+        for i in range(f["images"].shape[0]):
+            yield read_sample(f, i)
