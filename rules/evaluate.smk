@@ -1,0 +1,47 @@
+# Evaluation (3D correctness where ground truth exists) and the HTML report.
+
+
+rule evaluate:
+    input:
+        checkpoint="results/train/{experiment}/mouse/checkpoint.pt",
+        synthetic=synthetic_shards("test"),
+        real=all_real_shards(),
+        ground_truth=[DEMO_DIR + "/ground_truth.h5"] if not config["sessions"] else [],
+    output:
+        metrics="results/eval/{experiment}/metrics.json",
+        per_view="results/eval/{experiment}/per_view.csv",
+    params:
+        evaluate=config["evaluate"],
+        train=lambda w: experiment_settings(w.experiment, "train_mouse"),
+        out_dir=lambda w: f"results/eval/{w.experiment}",
+    log:
+        log_path("evaluate", "{experiment}"),
+    benchmark:
+        bench_path("evaluate", "{experiment}")
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    script:
+        "../workflow_scripts/entry/evaluate.py"
+
+
+rule report:
+    input:
+        metrics=expand("results/eval/{experiment}/metrics.json", experiment=experiments()),
+        train_logs=expand("results/train/{experiment}/{stage}/log.csv", experiment=experiments(), stage=["synthetic", "mouse"]),
+        centers=expand("results/locate/{session}/centers.csv", session=list(sessions())),
+    output:
+        report("results/report.html", category="Report", caption="../docs/report/report.rst"),
+    params:
+        experiments=experiments(),
+    log:
+        log_path("report"),
+    benchmark:
+        bench_path("report")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../workflow_scripts/entry/report.py"

@@ -1,0 +1,56 @@
+# GS-LRM training: synthetic pre-training, then real-data fine-tuning (real + synthetic mix).
+# GPU rules: they ask for GPUs through the `gpu` resource only (see profiles/slurm).
+
+
+def _train_resources(stage):
+    gpus = config[stage]["gpus"]
+    return dict(mem_mb=16000 if gpus else 6000, runtime=24 * 60 if gpus else 60, gpu=gpus)
+
+
+rule train_synthetic:
+    input:
+        shards=synthetic_shards("train"),
+    output:
+        checkpoint="results/train/{experiment}/synthetic/checkpoint.pt",
+        log_csv="results/train/{experiment}/synthetic/log.csv",
+    params:
+        train=lambda w: experiment_settings(w.experiment, "train_synthetic"),
+        seed=config["seed"],
+        stage="synthetic",
+        skip=lambda w: skip_synthetic(w.experiment),
+        out_dir=lambda w: f"results/train/{w.experiment}/synthetic",
+    log:
+        log_path("train_synthetic", "{experiment}"),
+    benchmark:
+        bench_path("train_synthetic", "{experiment}")
+    threads: 2
+    resources:
+        **_train_resources("train_synthetic"),
+    script:
+        "../workflow_scripts/entry/train.py"
+
+
+rule train_mouse_model:
+    input:
+        init="results/train/{experiment}/synthetic/checkpoint.pt",
+        real=all_real_shards(),
+        synthetic=synthetic_shards("train"),
+    output:
+        checkpoint="results/train/{experiment}/mouse/checkpoint.pt",
+        log_csv="results/train/{experiment}/mouse/log.csv",
+    params:
+        train=lambda w: experiment_settings(w.experiment, "train_mouse"),
+        seed=config["seed"],
+        stage="mouse",
+        skip=False,
+        holdout_fraction=config["evaluate"]["holdout_fraction"],
+        out_dir=lambda w: f"results/train/{w.experiment}/mouse",
+    log:
+        log_path("train_mouse", "{experiment}"),
+    benchmark:
+        bench_path("train_mouse", "{experiment}")
+    threads: 2
+    resources:
+        **_train_resources("train_mouse"),
+    script:
+        "../workflow_scripts/entry/train.py"
