@@ -16,6 +16,8 @@ rule download_body_model:
     resources:
         mem_mb=512,
         runtime=30,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/download_body_model.py"
 
@@ -26,7 +28,7 @@ rule body_model:
     output:
         "results/body_model/mammal_mouse.npz",
     params:
-        directory=body_model_dir(),
+        directory=lambda w, input: os.path.dirname(input[0]),
     log:
         log_path("body_model"),
     benchmark:
@@ -35,5 +37,7 @@ rule body_model:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/render.yaml"
     script:
         "../workflow_scripts/entry/body_model.py"

@@ -94,3 +94,14 @@ def log_path(rule_name, pattern=""):
 
 def bench_path(rule_name, pattern=""):
     return f"results/benchmarks/{rule_name}/{pattern}.tsv" if pattern else f"results/benchmarks/{rule_name}.tsv"
+
+
+def demo_ground_truth():
+    """The demo's ground truth (evaluation only); none for users' sessions."""
+    return [] if config["sessions"] else [f"{DEMO_DIR}/ground_truth.h5"]
+
+
+def train_resources(stage):
+    """GPU rules ask for GPUs through the `gpu` resource only (never also `gres`)."""
+    gpus = config[stage]["gpus"]
+    return dict(mem_mb=16000 if gpus else 6000, runtime=24 * 60 if gpus else 60, gpu=gpus)

@@ -6,9 +6,9 @@ rule demo_recording:
     input:
         body_model="results/body_model/mammal_mouse.npz",
     output:
-        videos=expand(DEMO_DIR + "/videos/cam{i}.mp4", i=range(1, config["demo"]["num_cameras"] + 1)),
-        calibration=expand(DEMO_DIR + "/calibration/hires_cam{i}_params.mat", i=range(1, config["demo"]["num_cameras"] + 1)),
-        ground_truth=DEMO_DIR + "/ground_truth.h5",
+        videos=expand("results/demo_recording/videos/cam{i}.mp4", i=range(1, config["demo"]["num_cameras"] + 1)),
+        calibration=expand("results/demo_recording/calibration/hires_cam{i}_params.mat", i=range(1, config["demo"]["num_cameras"] + 1)),
+        ground_truth="results/demo_recording/ground_truth.h5",
     params:
         demo=config["demo"],
     log:
@@ -19,5 +19,7 @@ rule demo_recording:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/render.yaml"
     script:
         "../workflow_scripts/entry/demo_recording.py"

@@ -6,7 +6,7 @@ rule evaluate:
         checkpoint="results/train/{experiment}/mouse/checkpoint.pt",
         synthetic=synthetic_shards("test"),
         real=all_real_shards(),
-        ground_truth=[DEMO_DIR + "/ground_truth.h5"] if not config["sessions"] else [],
+        ground_truth=demo_ground_truth(),
     output:
         metrics="results/eval/{experiment}/metrics.json",
         per_view="results/eval/{experiment}/per_view.csv",
@@ -22,6 +22,8 @@ rule evaluate:
     resources:
         mem_mb=6000,
         runtime=60,
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow_scripts/entry/evaluate.py"
 
@@ -43,5 +45,7 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=20,
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow_scripts/entry/report.py"

@@ -19,6 +19,8 @@ rule check_sync:
     resources:
         mem_mb=500,
         runtime=10,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/check_sync.py"
 
@@ -40,6 +42,8 @@ rule extract_frames:
     resources:
         mem_mb=2000,
         runtime=120,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/extract_frames.py"
 
@@ -61,6 +65,8 @@ rule masks:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/masks.py"
 
@@ -82,6 +88,8 @@ rule calibration:
     resources:
         mem_mb=500,
         runtime=10,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/calibration.py"
 
@@ -105,6 +113,8 @@ rule locate_mouse:
     resources:
         mem_mb=1000,
         runtime=30,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/locate_mouse.py"
 
@@ -129,5 +139,7 @@ rule crop_shards:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/preprocess.yaml"
     script:
         "../workflow_scripts/entry/crop_shards.py"

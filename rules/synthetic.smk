@@ -17,5 +17,7 @@ rule synthetic_shards:
     resources:
         mem_mb=3000,
         runtime=120,
+    conda:
+        "../envs/render.yaml"
     script:
         "../workflow_scripts/entry/synthetic_shards.py"

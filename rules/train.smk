@@ -2,11 +2,6 @@
 # GPU rules: they ask for GPUs through the `gpu` resource only (see profiles/slurm).
 
 
-def _train_resources(stage):
-    gpus = config[stage]["gpus"]
-    return dict(mem_mb=16000 if gpus else 6000, runtime=24 * 60 if gpus else 60, gpu=gpus)
-
-
 rule train_synthetic:
     input:
         shards=synthetic_shards("train"),
@@ -25,7 +20,9 @@ rule train_synthetic:
         bench_path("train_synthetic", "{experiment}")
     threads: 2
     resources:
-        **_train_resources("train_synthetic"),
+        **train_resources("train_synthetic"),
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow_scripts/entry/train.py"
 
@@ -51,6 +48,8 @@ rule train_mouse_model:
         bench_path("train_mouse", "{experiment}")
     threads: 2
     resources:
-        **_train_resources("train_mouse"),
+        **train_resources("train_mouse"),
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow_scripts/entry/train.py"

@@ -1,0 +1,14 @@
+from workflow_scripts.entry._run import rule_logging
+
+with rule_logging(snakemake) as log:
+    from workflow_scripts.real_shards import run_crop_shards
+
+    cams = snakemake.params.cameras
+    crop = dict(snakemake.params.crop)
+    num_chunks = crop.pop("num_chunks")
+    run_crop_shards(
+        frames_h5=dict(zip(cams, snakemake.input.frames)), masks_h5=dict(zip(cams, snakemake.input.masks)),
+        cameras_json=snakemake.input.cameras, centers_csv=snakemake.input.centers,
+        normalization_json=snakemake.input.normalization, out_h5=snakemake.output[0],
+        chunk=int(snakemake.wildcards.chunk), num_chunks=num_chunks, params=crop,
+    )

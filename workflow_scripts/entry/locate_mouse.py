@@ -1,0 +1,8 @@
+from workflow_scripts.entry._run import rule_logging
+
+with rule_logging(snakemake) as log:
+    from workflow_scripts.locate import run_locate_mouse
+
+    qc = dict(zip(snakemake.params.cameras, snakemake.input.qc))
+    params = {**snakemake.params.locate, **snakemake.params.normalize}
+    run_locate_mouse(snakemake.input.cameras, qc, snakemake.output.centers, snakemake.output.normalization, params)
