@@ -1,0 +1,386 @@
+"""locate_mouse: the mouse's 3D centre per frame, its QC table, and the session's world normalization.
+
+Per frame, the mask centroids of the cameras whose mask passed QC are triangulated
+(:mod:`workflow_scripts.triangulate`, weight ``sqrt(area)``, times ``border_weight`` when the mask
+touches the image border), outlier cameras are rejected, and frames seen by fewer than
+``min_cameras`` cameras or with a residual above ``max_residual_px`` are dropped with a reason.
+The kept track is smoothed (Savitzky-Golay) within runs of consecutive kept frames only, so
+nothing is interpolated across dropped frames.
+
+Normalization (docs/conventions.md): ``X_norm = s * R_up @ (X_raw - c)`` with ``c`` the frame's
+(smoothed) centre, ``R_up`` turning the raw world's up direction into +z and one scale ``s`` per
+session (so the mouse keeps its size across frames) making the mean camera distance
+``camera_distance`` (default 2.7, FaceLift's). Cameras: ``R``, ``t`` world-to-camera throughout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.signal import savgol_filter
+from tqdm import tqdm
+
+from workflow_scripts.atomic import atomic_path, write_json
+from workflow_scripts.cameras import Camera, cameras_from_json
+from workflow_scripts.errors import InputError
+from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
+
+log = logging.getLogger(__name__)
+
+QC_COLUMNS = ("frame_index", "area", "centroid_x", "centroid_y", "touches_border", "valid")
+OUT_COLUMNS = (
+    "frame_index", "x", "y", "z", "x_raw", "y_raw", "z_raw", "n_cameras",
+    "residual_px_median", "residual_px_max", "valid", "reason", "rejected_cameras",
+)
+_AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LocateParams:
+    """Settings of locate_mouse (config section ``locate``).
+
+    min_cameras: fewest cameras with a valid mask for a frame to count (>= 2).
+    max_residual_px: largest accepted centroid reprojection residual after outlier rejection.
+        A mask centroid is not the projection of the 3D centre, so expect several pixels.
+    smooth_window: Savitzky-Golay window in frames (odd; <= 2 disables smoothing).
+    smooth_polyorder: Savitzky-Golay polynomial order.
+    border_weight: weight factor for masks touching the image border (their centroid is biased).
+    up: "auto" or a signed axis ("z", "-y", ...) of the raw world that points up.
+    camera_distance: mean camera-to-centre distance in normalized units.
+    metric_scale: normalized units per raw unit; overrides camera_distance when set.
+    up_snap_deg: "auto" snaps to the nearest signed axis when within this angle (0 = never).
+    """
+
+    min_cameras: int = 3
+    max_residual_px: float = 15.0
+    smooth_window: int = 5
+    smooth_polyorder: int = 2
+    border_weight: float = 0.25
+    up: str = "auto"
+    camera_distance: float = 2.7
+    metric_scale: float | None = None
+    up_snap_deg: float = 10.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "config locate") -> "LocateParams":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown locate settings {unknown}; known: {sorted(known)}. Fix the config.")
+        p = cls(**d)
+        if int(p.min_cameras) < 2:
+            raise InputError(f"{source}: min_cameras = {p.min_cameras}, must be >= 2. Fix the config.")
+        if not p.max_residual_px > 0 or not p.camera_distance > 0 or (p.metric_scale is not None and not p.metric_scale > 0):
+            raise InputError(f"{source}: max_residual_px, camera_distance and metric_scale must be positive. Fix the config.")
+        if p.up != "auto":
+            _up_vector_from_name(p.up, source)
+        return p
+
+
+# --------------------------------------------------------------------------------------------
+# normalization
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Raw world -> normalized world, without the per-frame centre.
+
+    Attributes:
+        R_up: [3, 3] rotation taking the raw world's up direction to +z.
+        scale: normalized units per raw unit (one constant per session).
+        up_raw: [3] the up direction in raw world coordinates that was used.
+    """
+
+    R_up: np.ndarray
+    scale: float
+    up_raw: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"R_up": np.asarray(self.R_up).tolist(), "scale": float(self.scale), "up_raw": np.asarray(self.up_raw).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Normalization":
+        return cls(R_up=np.asarray(d["R_up"], dtype=np.float64), scale=float(d["scale"]), up_raw=np.asarray(d["up_raw"], dtype=np.float64))
+
+
+def _up_vector_from_name(up: str, source: str = "up") -> np.ndarray:
+    name = up.strip().lower()
+    sign = -1.0 if name.startswith("-") else 1.0
+    axis = name.lstrip("+-")
+    if axis not in _AXES:
+        raise InputError(f"{source}: up = {up!r}; expected 'auto' or one of x, y, z, -x, -y, -z. Fix the config.")
+    return sign * np.array(_AXES[axis])
+
+
+def rotation_to_z(u: np.ndarray) -> np.ndarray:
+    """[3, 3] the smallest rotation taking unit vector ``u`` to +z (180 deg about x for u = -z)."""
+    u = np.asarray(u, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    z = np.array([0.0, 0.0, 1.0])
+    c = float(u @ z)
+    if c < -1 + 1e-12:
+        return np.diag([1.0, -1.0, -1.0])
+    v = np.cross(u, z)
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx / (1 + c)  # Rodrigues' formula for aligning two unit vectors
+
+
+def estimate_up(cameras: Sequence[Camera], snap_deg: float = 10.0) -> np.ndarray:
+    """Raw-world up direction [3] from the cameras' image-up directions.
+
+    Image up is camera -y, i.e. ``-R[1, :]`` in world coordinates (R world-to-camera). Averaged
+    over a ring of cameras looking at an arena, the tilts cancel and the mean points up. Snapped
+    to the nearest signed world axis when within ``snap_deg`` degrees (the usual case: the
+    calibration's world is axis-aligned with the floor).
+    """
+    u = np.mean([-c.R[1, :] for c in cameras], axis=0)
+    n = np.linalg.norm(u)
+    if n < 1e-6:
+        raise InputError("cameras: image-up directions cancel out; cannot estimate 'up'. Fix: set locate.up explicitly (e.g. 'z').")
+    u = u / n
+    k = int(np.argmax(np.abs(u)))
+    axis = np.zeros(3)
+    axis[k] = np.sign(u[k])
+    if snap_deg > 0 and np.degrees(np.arccos(np.clip(u @ axis, -1, 1))) <= snap_deg:
+        return axis
+    return u
+
+
+def compute_normalization(
+    cameras: Sequence[Camera], centers: np.ndarray, up: str = "auto", camera_distance: float = 2.7,
+    metric_scale: float | None = None, up_snap_deg: float = 10.0,
+) -> Normalization:
+    """The session's normalization.
+
+    Args:
+        cameras: C cameras (R, t world-to-camera).
+        centers: [T, 3] raw-world mouse centres; rows with NaN (dropped frames) are ignored.
+        up: "auto" (see :func:`estimate_up`) or a signed raw-world axis name.
+        camera_distance: target mean distance camera -> centre, normalized units.
+        metric_scale: if set, the scale (normalized units per raw unit) to use instead.
+    Returns:
+        Normalization(R_up [3, 3], scale, up_raw [3]).
+    """
+    up_raw = estimate_up(cameras, up_snap_deg) if up == "auto" else _up_vector_from_name(up)
+    R_up = rotation_to_z(up_raw)
+    if metric_scale is not None:
+        scale = float(metric_scale)
+    else:
+        c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
+        c = c[np.all(np.isfinite(c), axis=1)]
+        if len(c) == 0:
+            raise InputError("locate: no valid mouse centre in any frame, so the scale is undefined. Fix: check the masks / calibration, or set locate.metric_scale.")
+        eyes = np.stack([cam.center for cam in cameras])  # [C, 3]
+        mean_dist = float(np.linalg.norm(eyes[None, :, :] - c[:, None, :], axis=-1).mean())
+        scale = camera_distance / mean_dist
+    return Normalization(R_up=R_up, scale=scale, up_raw=up_raw)
+
+
+def norm_from_raw(normalization: Normalization, center_raw: np.ndarray) -> np.ndarray:
+    """[4, 4] similarity raw world -> normalized world: ``X_norm = s R_up (X_raw - c)``."""
+    s, R = normalization.scale, normalization.R_up
+    m = np.eye(4)
+    m[:3, :3] = s * R
+    m[:3, 3] = -s * R @ np.asarray(center_raw, dtype=np.float64)
+    return m
+
+
+def load_normalization(path: str | Path) -> Normalization:
+    """Read the JSON written by :func:`run_locate_mouse`."""
+    try:
+        return Normalization.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read normalization ({exc}). Fix: rerun locate_mouse.") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# per-frame centres
+# --------------------------------------------------------------------------------------------
+def read_mask_qc(path: str | Path) -> pd.DataFrame:
+    """Read one camera's mask QC CSV and check its columns (see :data:`QC_COLUMNS`)."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read mask QC table ({exc}). Fix: rerun the masks rule.") from exc
+    return _check_qc(df, str(path))
+
+
+def _check_qc(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in QC_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{source}: mask QC table lacks columns {missing}. Fix: rerun the masks rule.")
+    if df["frame_index"].duplicated().any():
+        raise InputError(f"{source}: duplicate frame_index values in mask QC table. Fix: rerun the masks rule.")
+    return df
+
+
+def _as_bool(s: pd.Series) -> np.ndarray:
+    if s.dtype == bool:
+        return s.to_numpy()
+    return s.astype(str).str.strip().str.lower().isin(("true", "1", "1.0", "yes")).to_numpy()
+
+
+def _segments(keep: np.ndarray, frames: np.ndarray) -> list[np.ndarray]:
+    """Runs of consecutive kept rows (index arrays); a run also breaks where the frame step
+    exceeds the table's usual step (frames missing from the QC tables)."""
+    step = np.median(np.diff(frames)) if len(frames) > 1 else 1
+    runs, cur = [], []
+    for i in range(len(keep)):
+        if keep[i] and cur and frames[i] - frames[cur[-1]] > step:
+            runs.append(np.array(cur))
+            cur = []
+        if keep[i]:
+            cur.append(i)
+        elif cur:
+            runs.append(np.array(cur))
+            cur = []
+    if cur:
+        runs.append(np.array(cur))
+    return runs
+
+
+def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: int, polyorder: int = 2) -> np.ndarray:
+    """Savitzky-Golay smoothing of a track X [T, 3] within runs of kept frames.
+
+    Dropped rows stay NaN; no value is carried across a dropped frame. Runs shorter than
+    ``polyorder + 2`` are kept unsmoothed; the window shrinks (odd) for short runs.
+    """
+    out = np.full_like(X, np.nan)
+    for run in _segments(keep, frames):
+        seg = X[run]
+        w = min(int(window), len(run) if len(run) % 2 else len(run) - 1)
+        if w % 2 == 0:
+            w -= 1
+        if w <= polyorder or w < 3:
+            out[run] = seg
+        else:
+            out[run] = savgol_filter(seg, w, polyorder, axis=0, mode="interp")
+    return out
+
+
+def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams) -> pd.DataFrame:
+    """Per-frame 3D centre from mask centroids.
+
+    Args:
+        cameras: C cameras (R, t world-to-camera) in raw world units.
+        qc: camera name -> mask QC DataFrame (columns :data:`QC_COLUMNS`; centroids in continuous
+            corner-origin pixels). Cameras without a table never count as seeing the mouse.
+    Returns:
+        DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
+        smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame triangulation.
+    """
+    names = [c.name for c in cameras]
+    unknown = sorted(set(qc) - set(names))
+    if unknown:
+        raise InputError(f"mask QC given for cameras {unknown} that are not in the calibration {names}. Fix: check camera names in the config.")
+    for n in names:
+        if n not in qc:
+            log.warning("camera %s has no mask QC table; it never counts as seeing the mouse", n)
+    frames = np.unique(np.concatenate([np.asarray(qc[n]["frame_index"], dtype=np.int64) for n in qc])) if qc else np.zeros(0, np.int64)
+    T, C = len(frames), len(cameras)
+    uv = np.full((T, C, 2), np.nan)
+    w = np.zeros((T, C))
+    for c, n in enumerate(names):
+        if n not in qc:
+            continue
+        df = qc[n]
+        rows = np.searchsorted(frames, df["frame_index"].to_numpy(dtype=np.int64))
+        valid = _as_bool(df["valid"]) & (df["area"].to_numpy(dtype=np.float64) > 0)
+        cxy = df[["centroid_x", "centroid_y"]].to_numpy(dtype=np.float64)
+        valid &= np.all(np.isfinite(cxy), axis=1)
+        border = _as_bool(df["touches_border"])
+        uv[rows[valid], c] = cxy[valid]
+        w[rows[valid], c] = np.sqrt(df["area"].to_numpy(dtype=np.float64)[valid]) * np.where(border[valid], params.border_weight, 1.0)
+
+    rig = CameraRig.from_cameras(cameras)
+    xn = normalized_coords(uv, rig)  # undistort every centroid once, vectorized over frames
+    X_raw = np.full((T, 3), np.nan)
+    n_cams = np.zeros(T, dtype=np.int64)
+    res_med = np.full(T, np.nan)
+    res_max = np.full(T, np.nan)
+    reasons = [""] * T
+    rejected = [""] * T
+    for i in tqdm(range(T), desc="locate_mouse", unit="frame", mininterval=2.0):
+        r = triangulate_robust(uv[i], rig, w[i], params.min_cameras, params.max_residual_px, xn=xn[i])
+        reasons[i] = r.reason
+        X_raw[i] = r.X
+        n_cams[i] = int(r.used_mask.sum())
+        seen = np.all(np.isfinite(uv[i]), axis=-1) & (w[i] > 0)
+        rejected[i] = ";".join(names[c] for c in np.flatnonzero(seen & ~r.used_mask)) if r.reason == "" or r.reason.startswith("residual") else ""
+        if r.used_mask.any() and np.all(np.isfinite(r.X)):
+            used_res = r.residuals[r.used_mask]
+            res_med[i], res_max[i] = float(np.median(used_res)), float(np.max(used_res))
+    keep = np.array([s == "" for s in reasons], dtype=bool)
+    X_s = smooth_track(np.where(keep[:, None], X_raw, np.nan), keep, frames, params.smooth_window, params.smooth_polyorder)
+    return pd.DataFrame({
+        "frame_index": frames, "x": X_s[:, 0], "y": X_s[:, 1], "z": X_s[:, 2],
+        "x_raw": X_raw[:, 0], "y_raw": X_raw[:, 1], "z_raw": X_raw[:, 2], "n_cameras": n_cams,
+        "residual_px_median": res_med, "residual_px_max": res_max, "valid": keep, "reason": reasons,
+        "rejected_cameras": rejected,
+    }, columns=list(OUT_COLUMNS))
+
+
+def read_locate_table(path: str | Path) -> pd.DataFrame:
+    """Read the CSV written by :func:`run_locate_mouse` (empty reason strings stay "")."""
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in OUT_COLUMNS if c not in ("reason", "rejected_cameras")})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read locate table ({exc}). Fix: rerun locate_mouse.") from exc
+    missing = [c for c in OUT_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: locate table lacks columns {missing}. Fix: rerun locate_mouse.")
+    df["valid"] = _as_bool(df["valid"])
+    return df
+
+
+def summarize(table: pd.DataFrame) -> dict[str, int]:
+    """Counts: ``kept`` and one entry per drop-reason code (text before ':')."""
+    counts = Counter("kept" if r == "" or (isinstance(r, float) and np.isnan(r)) else str(r).split(":", 1)[0] for r in table["reason"])
+    return dict(sorted(counts.items()))
+
+
+def run_locate_mouse(
+    cameras_json: str, mask_qc_csvs: Mapping[str, str], out_csv: str, out_normalization_json: str, params: Mapping[str, Any] | None,
+) -> pd.DataFrame:
+    """The locate_mouse job: cameras JSON + per-camera mask QC CSVs -> QC table CSV + normalization JSON.
+
+    Args:
+        cameras_json: canonical cameras JSON (docs/conventions.md; R, t world-to-camera).
+        mask_qc_csvs: camera name -> mask QC CSV path.
+        out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
+        out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
+            the per-frame ``norm_from_raw`` is ``norm_from_raw(norm, (x, y, z) of that frame)``.
+        params: :class:`LocateParams` fields (min_cameras, max_residual_px, smooth_window, up,
+            camera_distance, metric_scale, ...).
+    Returns:
+        The per-frame table.
+    """
+    p = LocateParams.from_dict(params)
+    try:
+        cams = cameras_from_json(json.loads(Path(cameras_json).read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{cameras_json}: cannot read cameras JSON ({exc}). Fix: rerun the calibration rule.") from exc
+    for cam in cams:
+        cam.validate(cameras_json)
+    qc = {name: read_mask_qc(path) for name, path in mask_qc_csvs.items()}
+    log.info("locate_mouse: %d cameras, %d mask QC tables", len(cams), len(qc))
+    table = locate_track(cams, qc, p)
+    summary = summarize(table)
+    log.info("locate_mouse: %d frames; %s", len(table), ", ".join(f"{k}={v}" for k, v in summary.items()))
+    if summary.get("kept", 0) == 0:
+        raise InputError(
+            f"{cameras_json}: no frame has a valid 3D centre ({summary}). Fix: check the masks (QC tables "
+            f"{sorted(mask_qc_csvs.values())}), the calibration, or lower locate.min_cameras / raise max_residual_px."
+        )
+    norm = compute_normalization(cams, table[["x", "y", "z"]].to_numpy(), p.up, p.camera_distance, p.metric_scale, p.up_snap_deg)
+    log.info("locate_mouse: up (raw) = %s, scale = %.6g normalized units per raw unit", np.round(norm.up_raw, 4).tolist(), norm.scale)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.9g")
+    write_json(out_normalization_json, {**norm.to_dict(), "params": dataclasses.asdict(p), "summary": summary})
+    return table
