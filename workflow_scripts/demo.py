@@ -46,7 +46,7 @@ class DemoConfig:
     """Settings of the demo recording (config.yaml ``demo:``)."""
 
     num_frames: int = 24
-    fps: int = 30
+    fps: int = 15
     width: int = 480
     height: int = 400
     num_cameras: int = 6
@@ -108,19 +108,19 @@ def arena_mesh(radius_mm: float, rng: np.random.Generator) -> trimesh.Trimesh:
 
 
 def trajectory(cfg: DemoConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Floor positions [T, 2] (mm) and headings [T] (radians) of a mouse walking and turning:
-    an arc of a circle whose curvature changes smoothly (it turns one way, then the other)."""
+    """Floor positions [T, 2] (mm) and headings [T] (radians) of a mouse running one loop around
+    the arena with a wobbling path (so it keeps turning one way, then the other).
+
+    One full loop matters: every floor pixel is covered by the mouse in only a small fraction of
+    the frames, so a temporal-median background (the built-in masks) sees the empty arena."""
     T = cfg.num_frames
-    speed = 60.0 / cfg.fps  # mm per frame: a calm walk (~60 mm/s)
-    heading0 = rng.uniform(0, 2 * np.pi)
-    turn = np.deg2rad(6.0) * np.sin(np.linspace(0, 2 * np.pi, T)) + np.deg2rad(rng.uniform(-2, 2))
-    headings = heading0 + np.cumsum(turn)
-    steps = speed * np.stack([np.cos(headings), np.sin(headings)], -1)
-    pos = np.cumsum(steps, 0)
-    pos -= pos.mean(0)  # keep the walk centred in the arena
-    limit = 0.4 * cfg.arena_radius_mm
-    scale = min(1.0, limit / max(np.abs(pos).max(), 1e-9))
-    return pos * scale, headings
+    s = np.linspace(0, 2 * np.pi, T, endpoint=False) + rng.uniform(0, 2 * np.pi)
+    direction = rng.choice([-1.0, 1.0])
+    radius = 0.45 * cfg.arena_radius_mm * (1 + 0.15 * np.sin(3 * s))
+    pos = np.stack([radius * np.cos(direction * s), radius * np.sin(direction * s)], -1)
+    step = np.gradient(pos, axis=0)
+    headings = np.unwrap(np.arctan2(step[:, 1], step[:, 0]))
+    return pos, headings
 
 
 def distortion_maps(cam: Camera, margin: int) -> tuple[np.ndarray, np.ndarray]:

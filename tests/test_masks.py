@@ -1,0 +1,224 @@
+"""Masks step: background median, blob masks vs truth, QC flags, external masks."""
+from __future__ import annotations
+
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workflow_scripts.errors import InputError
+from workflow_scripts.frames import run_extract_frames
+from workflow_scripts.masks import (MaskConfig, compute_mask, estimate_background, mask_iou,
+                                    mask_qc, run_masks)
+from workflow_scripts.video import write_video
+
+W, H, T = 192, 144, 24
+
+
+def background_texture() -> np.ndarray:
+    """Static textured floor: smooth random blotches plus fine noise, uint8 [H, W, 3]."""
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(90, 170, (H // 8, W // 8, 3), dtype=np.uint8)
+    bg = cv2.resize(coarse, (W, H), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    bg += rng.integers(-6, 7, (H, W, 3)).astype(np.int16)
+    return np.clip(bg, 0, 255).astype(np.uint8)
+
+
+def blob_mask(t: int) -> np.ndarray:
+    """True mouse mask of frame t: a rotated ellipse moving along a circle, uint8 [H, W] 255/0."""
+    m = np.zeros((H, W), np.uint8)
+    ang = 2 * np.pi * t / T
+    cx, cy = W / 2 + 45 * np.cos(ang), H / 2 + 30 * np.sin(ang)
+    cv2.ellipse(m, (int(round(cx)), int(round(cy))), (26, 15), np.degrees(ang), 0, 360, 255, -1)
+    return m
+
+
+def scene(t: int) -> np.ndarray:
+    f = background_texture()
+    m = blob_mask(t) > 0
+    f[m] = (35, 30, 28)  # dark mouse on a lighter floor
+    return f
+
+
+@pytest.fixture(scope="module")
+def frames_h5(tmp_path_factory):
+    d = tmp_path_factory.mktemp("masks")
+    video = d / "cam1.mp4"
+    write_video(video, (scene(t) for t in range(T)), fps=30, crf=16)
+    out = d / "frames.h5"
+    run_extract_frames(str(video), str(out))
+    return out
+
+
+def test_background_is_median_without_the_mouse(frames_h5):
+    bg = estimate_background(frames_h5, samples=T)
+    diff = np.abs(bg.astype(int) - background_texture().astype(int)).max(axis=2)
+    # Only codec noise (same size as in any decoded frame) remains ...
+    assert np.median(diff) < 8 and np.percentile(diff, 99) < 25
+    # ... and no trace of the dark blob (it differs from the floor by ~100) anywhere it went.
+    assert diff.max() < 60
+    np.testing.assert_array_equal(bg, estimate_background(frames_h5, samples=T))  # deterministic
+
+
+def test_compute_mask_exact_frames():
+    bg = background_texture()
+    for t in range(0, T, 5):
+        m = compute_mask(scene(t), bg, MaskConfig())
+        assert set(np.unique(m)) <= {0, 255}
+        assert mask_iou(m, blob_mask(t)) >= 0.97
+
+
+def test_run_masks_iou_and_qc(frames_h5, tmp_path):
+    out, qc_csv = tmp_path / "m.h5", tmp_path / "qc.csv"
+    qc = run_masks(str(frames_h5), str(out), str(qc_csv), MaskConfig(background_samples=T))
+    with h5py.File(out, "r") as f:
+        masks = f["masks"]
+        assert masks.shape == (T, H, W) and masks.chunks == (1, H, W) and masks.compression == "lzf"
+        np.testing.assert_array_equal(f["frame_index"][:], np.arange(T))
+        assert f["background"].shape == (H, W, 3)
+        ious = [mask_iou(masks[t], blob_mask(t)) for t in range(T)]
+    assert min(ious) >= 0.95, ious
+    table = pd.read_csv(qc_csv, keep_default_na=False)
+    assert list(table.columns) == ["frame_index", "area", "centroid_x", "centroid_y", "bbox_x0",
+                                   "bbox_y0", "bbox_x1", "bbox_y1", "touches_border", "valid", "reason"]
+    assert len(table) == T and table["valid"].all() and (table["reason"] == "").all()
+    assert len(qc) == T
+    for t in (0, 7):
+        truth = blob_mask(t) > 0
+        ys, xs = np.nonzero(truth)
+        assert abs(table.centroid_x[t] - (xs.mean() + 0.5)) < 0.5
+        assert abs(table.centroid_y[t] - (ys.mean() + 0.5)) < 0.5
+
+
+def test_qc_exact_values():
+    m = np.zeros((10, 12), np.uint8)
+    m[2:5, 3:7] = 255  # rows 2..4, columns 3..6
+    row = mask_qc(m, 42, MaskConfig(min_area_px=1))
+    assert row["area"] == 12 and row["frame_index"] == 42
+    assert row["centroid_x"] == pytest.approx(5.0)  # columns 3..6 centres 3.5..6.5 -> 5.0
+    assert row["centroid_y"] == pytest.approx(3.5)  # rows 2..4 centres 2.5..4.5 -> 3.5
+    assert (row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]) == (3, 2, 7, 5)
+    assert row["valid"] and row["reason"] == "" and not row["touches_border"]
+
+
+def test_qc_flags():
+    cfg = MaskConfig(min_area_px=50, border_margin=2)
+    empty = mask_qc(np.zeros((40, 40), np.uint8), 0, cfg)
+    assert not empty["valid"] and empty["reason"] == "empty" and empty["area"] == 0
+    small = np.zeros((40, 40), np.uint8)
+    small[10:15, 10:15] = 255
+    r = mask_qc(small, 1, cfg)
+    assert not r["valid"] and r["reason"] == "too_small"
+    edge = np.zeros((40, 40), np.uint8)
+    edge[10:30, 31:40] = 255
+    r = mask_qc(edge, 2, cfg)
+    assert not r["valid"] and r["touches_border"] and r["reason"] == "touches_border"
+    near = np.zeros((40, 40), np.uint8)
+    near[1:20, 10:30] = 255  # within the 2-pixel margin of the top edge
+    assert mask_qc(near, 3, cfg)["touches_border"]
+    big = np.full((40, 40), 255, np.uint8)
+    assert "too_large" in mask_qc(big, 4, cfg)["reason"]
+
+
+def test_empty_and_border_frames_flagged_not_crashing(tmp_path):
+    """A frame with no mouse and a frame with the mouse cut by the edge are flagged in the CSV."""
+    bg = background_texture()
+    frames = [scene(t) for t in range(10)]
+    frames[3] = bg.copy()  # mouse left the view
+    edge = np.zeros((H, W), np.uint8)
+    cv2.ellipse(edge, (W - 10, H // 2), (26, 15), 0, 0, 360, 255, -1)
+    frames[6] = bg.copy()
+    frames[6][edge > 0] = (35, 30, 28)
+    h5 = tmp_path / "frames.h5"
+    with h5py.File(h5, "w") as f:  # exact frames, bypassing the codec
+        f["frames"] = np.stack(frames)
+        f["frame_index"] = np.arange(100, 110, dtype=np.int64)
+    qc = run_masks(str(h5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig())
+    table = pd.read_csv(tmp_path / "qc.csv", keep_default_na=False).set_index("frame_index")
+    assert not table.loc[103, "valid"] and table.loc[103, "reason"] == "empty"
+    assert not table.loc[106, "valid"] and table.loc[106, "touches_border"]
+    assert "touches_border" in table.loc[106, "reason"]
+    others = table.drop(index=[103, 106])
+    assert others["valid"].all()
+    assert list(qc["frame_index"]) == list(range(100, 110))
+
+
+def test_external_masks_replace_builtin(frames_h5, tmp_path):
+    folder = tmp_path / "sam2"
+    folder.mkdir()
+    ext = [np.zeros((H, W), np.uint8) for _ in range(T)]
+    for t, m in enumerate(ext):
+        m[20 + t: 60 + t, 30:90] = 200  # a rectangle, unlike the blob; >127 -> foreground
+        m[0:5, 0:5] = 100  # below the 127 binarization threshold -> background
+        Image.fromarray(m).save(folder / f"{t:05d}.png")
+    out = tmp_path / "m.h5"
+    qc = run_masks(str(frames_h5), str(out), str(tmp_path / "qc.csv"), MaskConfig(), external=str(folder))
+    with h5py.File(out, "r") as f:
+        assert f.attrs["external"] == str(folder)
+        for t in range(T):
+            np.testing.assert_array_equal(f["masks"][t], np.where(ext[t] > 127, 255, 0))
+    assert (qc["area"] == 40 * 60).all()
+
+
+def test_external_mask_video_for_full_source(tmp_path):
+    """Mask video with one mask per *source* frame; extraction used offset and stride."""
+    d = tmp_path
+    write_video(d / "cam.mp4", (scene(t) for t in range(T)), fps=30)
+    run_extract_frames(str(d / "cam.mp4"), str(d / "f.h5"), start_frame=1, stride=4, offset=2)
+    write_video(d / "ext.mp4", (blob_mask(t) for t in range(T)), fps=30, crf=0)
+    run_masks(str(d / "f.h5"), str(d / "m.h5"), str(d / "qc.csv"), MaskConfig(), external=str(d / "ext.mp4"))
+    with h5py.File(d / "m.h5", "r") as f:
+        fi = f["frame_index"][:]
+        np.testing.assert_array_equal(fi, [1, 5, 9, 13, 17, 21])
+        for k, s in enumerate(fi):
+            assert mask_iou(f["masks"][k], blob_mask(s + 2)) > 0.98  # video index = s + offset
+
+
+def test_external_frame_count_mismatch(frames_h5, tmp_path):
+    folder = tmp_path / "short"
+    folder.mkdir()
+    for t in range(T - 3):
+        Image.fromarray(np.zeros((H, W), np.uint8)).save(folder / f"{t}.png")
+    with pytest.raises(InputError, match=f"{folder}.*{T - 3} frames"):
+        run_masks(str(frames_h5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(),
+                  external=str(folder))
+    assert not (tmp_path / "m.h5").exists() and not (tmp_path / "qc.csv").exists()
+
+
+def test_mask_iou():
+    a = np.zeros((4, 4), np.uint8)
+    b = np.zeros((4, 4), np.uint8)
+    assert mask_iou(a, b) == 1.0
+    a[:2] = 255
+    b[1:3] = 255
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
+
+
+def test_missing_frames_file(tmp_path):
+    with pytest.raises(InputError, match="nofile.h5"):
+        estimate_background(tmp_path / "nofile.h5")
+
+
+def test_fast_largest_filled_equals_component_then_fill():
+    """The contour fast path equals connected components + hole filling (unambiguous largest)."""
+    from workflow_scripts.masks import _fill_holes, _largest_component, _largest_filled
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        noise = rng.normal(size=(12, 16)).astype(np.float32)
+        field = cv2.resize(noise, (64, 48), interpolation=cv2.INTER_CUBIC)
+        m = np.where(field > rng.uniform(-0.3, 1.0), 255, 0).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        areas = sorted(stats[1:, cv2.CC_STAT_AREA])[::-1]
+        if len(areas) > 1 and areas[0] < 1.2 * areas[1]:
+            continue  # near-tie: the two rankings may legitimately pick different blobs
+        checked += 1
+        np.testing.assert_array_equal(_largest_filled(m), _fill_holes(_largest_component(m)))
+    assert checked > 150
+    ring = np.zeros((30, 30), np.uint8)
+    cv2.circle(ring, (15, 15), 10, 255, 3)  # a ring: the hole must be filled
+    filled = _largest_filled(ring)
+    assert filled[15, 15] == 255 and filled[0, 0] == 0

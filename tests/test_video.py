@@ -1,0 +1,180 @@
+"""Video I/O: write/read round trip, seeking/stride, image folders, corrupt inputs."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from workflow_scripts.errors import InputError
+from workflow_scripts.video import iter_frames, list_image_frames, probe_video, write_video
+
+W, H, N = 64, 48, 20
+
+
+def square_frames(n: int = N) -> list[np.ndarray]:
+    """A 12x12 coloured square moving over a smooth gradient background."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = np.stack([xx * 3, yy * 4, np.full_like(xx, 90)], axis=2).astype(np.uint8)
+    out = []
+    for i in range(n):
+        f = base.copy()
+        x0, y0 = 2 + 2 * i, 5 + i
+        f[y0:y0 + 12, x0:x0 + 12] = (230, 40, 60)
+        out.append(f)
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vid") / "square.mp4"
+    assert write_video(path, iter(square_frames()), fps=Fraction(30000, 1001), gop=8) == N
+    return path
+
+
+def test_probe(video):
+    info = probe_video(video)
+    assert (info.width, info.height, info.num_frames) == (W, H, N)
+    assert info.fps == Fraction(30000, 1001)
+    assert info.codec == "h264"
+
+
+def test_round_trip_quality(video):
+    src = square_frames()
+    got = list(iter_frames(video))
+    assert [i for i, _ in got] == list(range(N))
+    for (i, f), s in zip(got, src):
+        assert f.shape == (H, W, 3) and f.dtype == np.uint8
+        assert psnr(f, s) > 30, i
+
+
+def test_start_stop_stride_match_sequential(video):
+    full = dict(iter_frames(video))
+    sub = list(iter_frames(video, start=3, stop=17, stride=4))
+    assert [i for i, _ in sub] == [3, 7, 11, 15]
+    for i, f in sub:
+        np.testing.assert_array_equal(f, full[i])
+    assert list(iter_frames(video, start=N)) == []
+    assert [i for i, _ in iter_frames(video, start=18, stop=100)] == [18, 19]
+
+
+def test_seek_path_matches_sequential(tmp_path):
+    """start beyond the seek threshold uses container.seek; frames must equal plain decoding."""
+    frames = [np.full((32, 32, 3), (i * 2) % 256, np.uint8) for i in range(120)]
+    for i, f in enumerate(frames):
+        f[: i % 32, :4] = 255  # make every frame distinct
+    path = tmp_path / "long.mp4"
+    write_video(path, frames, fps=25, gop=10)
+    full = dict(iter_frames(path))
+    assert len(full) == 120
+    sub = list(iter_frames(path, start=77, stop=110, stride=5))
+    assert [i for i, _ in sub] == list(range(77, 110, 5))
+    for i, f in sub:
+        np.testing.assert_array_equal(f, full[i])
+        assert psnr(f, frames[i]) > 30
+
+
+def test_mkv_counts_frames_without_header_count(tmp_path):
+    path = tmp_path / "v.mkv"
+    write_video(path, square_frames(7), fps=25)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0  # Matroska does not store the count
+    assert probe_video(path).num_frames == 7
+    assert len(list(iter_frames(path))) == 7
+
+
+def test_gray_frames_and_atomic_output(tmp_path):
+    path = tmp_path / "m.mp4"
+    write_video(path, [np.full((16, 16), 255 * (i % 2), np.uint8) for i in range(4)], fps=10)
+    got = [f for _, f in iter_frames(path)]
+    assert [int(f.mean() > 127) for f in got] == [0, 1, 0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mp4"]  # no temp file left
+    with pytest.raises(ValueError):
+        write_video(tmp_path / "odd.mp4", [np.zeros((15, 16, 3), np.uint8)], fps=10)
+    assert not (tmp_path / "odd.mp4").exists()
+
+
+def test_image_folder(tmp_path):
+    src = square_frames(12)
+    for i, f in enumerate(src):
+        Image.fromarray(f).save(tmp_path / f"frame_{i}.png")  # natural sort: 2 before 10
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert [p.name for p in list_image_frames(tmp_path)][:3] == ["frame_0.png", "frame_1.png", "frame_2.png"]
+    info = probe_video(tmp_path)
+    assert (info.width, info.height, info.num_frames, info.fps) == (W, H, 12, None)
+    got = list(iter_frames(tmp_path, start=1, stride=5))
+    assert [i for i, _ in got] == [1, 6, 11]
+    for i, f in got:
+        np.testing.assert_array_equal(f, src[i])  # PNG is lossless
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="nope.mp4.*not found"):
+        probe_video(tmp_path / "nope.mp4")
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(InputError, match=str(tmp_path)):
+        probe_video(tmp_path)
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "junk.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match="junk.mp4"):
+        probe_video(path)
+    with pytest.raises(InputError, match="junk.mp4"):
+        list(iter_frames(path))
+
+
+@pytest.mark.parametrize("keep", [0.4, 0.9])
+def test_truncated_video(tmp_path, keep):
+    rng = np.random.default_rng(1)  # noise compresses badly: each frame has real payload
+    frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(N)]
+    full = tmp_path / "full.mp4"
+    write_video(full, frames, fps=30)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    assert probe_video(cut).num_frames == N  # the header (moov at front) still claims N
+    with pytest.raises(InputError, match=r"cut\.mp4.*frame \d+") as exc:
+        for _ in iter_frames(cut):
+            pass
+    assert "truncated" in str(exc.value) or "corrupt" in str(exc.value)
+
+
+def test_truncated_header(tmp_path):
+    full = tmp_path / "full.mp4"
+    write_video(full, square_frames(), fps=30)
+    cut = tmp_path / "head.mp4"
+    cut.write_bytes(full.read_bytes()[:100])  # only part of the header survives
+    with pytest.raises(InputError, match="head.mp4"):
+        probe_video(cut)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_zero_frames(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    with av.open(str(path), "w") as out:  # header written, no frame ever encoded
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        out.start_encoding()
+    assert path.exists()
+    with pytest.raises(InputError, match=f"empty{suffix}"):
+        probe_video(path)
+    with pytest.raises(InputError, match=f"empty{suffix}"):
+        list(iter_frames(path))
+
+
+def test_image_folder_size_mismatch(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "0.png")
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "1.png")
+    with pytest.raises(InputError, match=r"1\.png.*10x8"):
+        list(iter_frames(tmp_path))

@@ -1,0 +1,317 @@
+"""Streaming video I/O with PyAV: probe, iterate RGB frames, write H.264.
+
+Never loads a whole video: `iter_frames` yields one decoded frame at a time. Frames are RGB
+uint8 arrays of shape [H, W, 3] (row = y down, column = x right; pixel (r, c) covers
+[c, c+1) x [r, r+1) in the corner-origin convention of docs/conventions.md).
+
+A "video" may also be a directory of still images (png/jpg/jpeg/bmp/tif, naturally sorted by
+file name, e.g. masks exported by SAM2); then frame i is the i-th file and fps is None.
+
+Every problem with an input file raises `InputError` naming the file and the fix: missing file,
+not a video / corrupt header, zero frames, and truncated videos (fewer frames decodable than the
+header claims; detected while iterating, with the frame number).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import av
+import numpy as np
+from PIL import Image
+
+from workflow_scripts.atomic import atomic_path
+from workflow_scripts.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Seeking only pays off when we would otherwise decode many frames just to throw them away.
+_SEEK_MIN_FRAMES = 48
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe_video` found.
+
+    width, height: frame size in pixels. fps: exact frame rate (Fraction) for videos, None for
+    image folders. num_frames: frames in the file (container header, or counted when the header
+    does not say). codec: decoder name (e.g. "h264"), or "images" for an image folder.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: Fraction | None
+    num_frames: int
+    codec: str
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort key so that frame_2.png comes before frame_10.png."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def list_image_frames(folder: str | Path) -> list[Path]:
+    """Image files of a frame folder, naturally sorted by name. InputError if there are none."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise InputError(
+            f"{folder}: directory holds no image frames ({', '.join(IMAGE_SUFFIXES)}). "
+            "Fix: point to a video file or a folder of per-frame images."
+        )
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _load_image_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read image ({exc}). Fix: re-export this frame.") from exc
+
+
+def _check_exists(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found. Fix: check the video path in the config.")
+    return p
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path}: not a readable video (corrupt or missing header: {exc}). "
+            "Fix: re-export or re-encode the video (e.g. ffmpeg -i in -c:v libx264 out.mp4)."
+        ) from exc
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: has no video stream (empty recording with zero frames, or not a "
+                         "video). Fix: point to the camera's video file and check the recording.")
+    return container
+
+
+def _count_packets(path: Path) -> int:
+    """Frames counted by demuxing (no decoding) for containers whose header has no count."""
+    with _open_input(path) as container:
+        stream = container.streams.video[0]
+        try:
+            return sum(1 for pkt in container.demux(stream) if pkt.size > 0)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt video data while counting frames ({exc}). "
+                             "Fix: re-encode the video.") from exc
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Size, frame rate, frame count and codec of a video file or image folder."""
+    p = _check_exists(path)
+    if p.is_dir():
+        files = list_image_frames(p)
+        h, w = _load_image_rgb(files[0]).shape[:2]
+        return VideoInfo(str(p), w, h, None, len(files), "images")
+    with _open_input(p) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width), int(ctx.height)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = Fraction(rate) if rate else None
+        num = int(stream.frames or 0)
+        codec = ctx.name
+    if width <= 0 or height <= 0:
+        raise InputError(f"{p}: video stream has no frame size (corrupt header). Fix: re-encode.")
+    if num <= 0:
+        num = _count_packets(p)  # header does not say (mkv, webm, raw streams): count
+    if num <= 0:
+        raise InputError(f"{p}: video has zero frames. Fix: check the recording / export.")
+    if fps is None or fps <= 0:
+        raise InputError(f"{p}: video has no frame rate. Fix: re-encode with a constant rate.")
+    return VideoInfo(str(p), width, height, fps, num, codec)
+
+
+def _selected(idx: int, start: int, stride: int) -> bool:
+    return idx >= start and (idx - start) % stride == 0
+
+
+def _iter_image_folder(p: Path, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    files = list_image_frames(p)
+    shape = _load_image_rgb(files[0]).shape
+    for i in range(start, min(stop, len(files)), stride):
+        img = _load_image_rgb(files[i])
+        if img.shape != shape:
+            raise InputError(f"{files[i]}: image is {img.shape[1]}x{img.shape[0]}, the first frame "
+                             f"{files[0].name} is {shape[1]}x{shape[0]}. Fix: export all frames at one size.")
+        yield i, img
+
+
+def iter_frames(
+    path: str | Path, start: int = 0, stop: int | None = None, stride: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, rgb uint8 [H, W, 3]) for frame_index in range(start, stop, stride).
+
+    frame_index counts from 0 at the first frame of the file. Streaming: one frame in memory at a
+    time. For a large `start` it seeks to the preceding keyframe and decodes forward; frames that
+    are not selected by `stride` are decoded (inter-frame codecs need them) but never converted
+    to RGB, which is the expensive part. `stop` beyond the end is clipped to the frame count.
+
+    Raises InputError (naming the file and frame) when the video is truncated or corrupt, i.e.
+    fewer frames decode than the header claims.
+    """
+    if start < 0 or stride < 1 or (stop is not None and stop < 0):
+        raise ValueError(f"iter_frames: need start >= 0, stop >= 0, stride >= 1 (got {start}, {stop}, {stride})")
+    info = probe_video(path)
+    p = Path(path)
+    stop = info.num_frames if stop is None else min(stop, info.num_frames)
+    if start >= stop:
+        return
+    if p.is_dir():
+        yield from _iter_image_folder(p, start, stop, stride)
+        return
+    yield from _iter_video(p, info, start, stop, stride)
+
+
+def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    assert info.fps is not None
+    with _open_input(p) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threading in the decoder
+        tb = stream.time_base
+        t0 = stream.start_time or 0
+
+        def index_of(frame: av.VideoFrame, fallback: int) -> int:
+            # Constant frame rate: index = (pts - start_time) * time_base * fps.
+            if frame.pts is None or tb is None:
+                return fallback
+            return int(round((frame.pts - t0) * tb * info.fps))
+
+        seeked = False
+        if start >= _SEEK_MIN_FRAMES and tb is not None:
+            target = t0 + int((Fraction(start) / info.fps) / tb)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                seeked = True
+            except av.error.FFmpegError:
+                seeked = False  # unseekable stream: decode from the beginning instead
+
+        expected = None if seeked else 0  # next frame index we must see
+        counter = 0
+        last_needed = stop - 1
+        try:
+            for frame in container.decode(stream):
+                idx = index_of(frame, counter)
+                counter = idx + 1
+                if expected is None:
+                    if idx > start:
+                        # Seek overshot (inexact index): fall back to a plain decode from 0.
+                        yield from _iter_video_sequential(p, info, start, stop, stride)
+                        return
+                    expected = idx
+                if idx < expected:
+                    continue  # duplicated timestamp: already handled
+                if idx > expected and expected <= last_needed:
+                    missing = expected
+                    raise InputError(
+                        f"{p}: frame {missing} could not be decoded (the stream jumps to frame "
+                        f"{idx}; header claims {info.num_frames} frames). The video is corrupt or "
+                        "truncated. Fix: re-copy or re-encode the video."
+                    )
+                expected = idx + 1
+                if _selected(idx, start, stride) and idx < stop:
+                    yield idx, frame.to_ndarray(format="rgb24")
+                if idx >= last_needed:
+                    return
+        except av.error.FFmpegError as exc:
+            raise InputError(
+                f"{p}: decoding failed after frame {counter - 1} of {info.num_frames} ({exc}). "
+                "The video is corrupt or truncated. Fix: re-copy or re-encode the video."
+            ) from exc
+        got = (expected or 0) - 1
+        raise InputError(
+            f"{p}: truncated video: header claims {info.num_frames} frames but decoding ended "
+            f"after frame {got} (needed up to frame {last_needed}). Fix: re-copy the file or "
+            "re-encode it; if it is really shorter, lower max_frames."
+        )
+
+
+def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode from frame 0 counting frames (used when timestamps cannot place a seek)."""
+    with _open_input(p) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        idx = -1
+        try:
+            for idx, frame in enumerate(container.decode(stream)):
+                if _selected(idx, start, stride) and idx < stop:
+                    yield idx, frame.to_ndarray(format="rgb24")
+                if idx >= stop - 1:
+                    return
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{p}: decoding failed after frame {idx} ({exc}). "
+                             "Fix: re-copy or re-encode the video.") from exc
+    raise InputError(f"{p}: truncated video: header claims {info.num_frames} frames but decoding "
+                     f"ended after frame {idx}. Fix: re-copy or re-encode the video.")
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float | Fraction,
+    codec: str = "libx264",
+    crf: int = 18,
+    preset: str = "medium",
+    pix_fmt: str = "yuv420p",
+    gop: int | None = None,
+    options: dict[str, str] | None = None,
+) -> int:
+    """Encode frames (uint8 [H, W, 3] RGB or [H, W] gray) to `path` atomically; return the count.
+
+    Streaming: `frames` may be a generator. H and W must be even for yuv420p. `crf` (0 =
+    lossless .. 51, 18 ~ visually lossless) and `preset` apply to libx264/libx265; other encoders
+    take `options`. `gop` sets the keyframe interval (smaller = faster seeking, bigger files).
+    MP4/MOV files get the index at the front (+faststart) so a truncated copy is still
+    recognisable as truncated rather than as an unreadable file.
+    """
+    path = Path(path)
+    rate = Fraction(fps).limit_denominator(1_000_000)
+    if rate <= 0:
+        raise ValueError(f"write_video: fps must be > 0, got {fps}")
+    container_opts = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    n = 0
+    # atomic_path keeps the suffix (".tmp.mp4"), so PyAV picks the muxer from it.
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", container_options=container_opts) as out:
+            stream = None
+            for frame in frames:
+                arr = np.asarray(frame)
+                if arr.ndim == 2:
+                    arr = np.repeat(arr[:, :, None], 3, axis=2)
+                if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                    raise ValueError(f"write_video: frames must be uint8 [H,W,3] or [H,W]; got {arr.dtype} {arr.shape}")
+                if stream is None:
+                    h, w = arr.shape[:2]
+                    if pix_fmt == "yuv420p" and (h % 2 or w % 2):
+                        raise ValueError(f"write_video: yuv420p needs even width/height, got {w}x{h}")
+                    stream = out.add_stream(codec, rate=rate)
+                    stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+                    opts = dict(options or {})
+                    if codec in ("libx264", "libx265"):
+                        opts.setdefault("crf", str(crf))
+                        opts.setdefault("preset", preset)
+                    stream.options = opts
+                    if gop is not None:
+                        stream.codec_context.gop_size = int(gop)
+                elif arr.shape[:2] != (stream.height, stream.width):
+                    raise ValueError(f"write_video: frame {n} has shape {arr.shape}, expected {(stream.height, stream.width, 3)}")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                for pkt in stream.encode(vf):
+                    out.mux(pkt)
+                n += 1
+            if stream is None:
+                raise ValueError(f"write_video: no frames given for {path}")
+            for pkt in stream.encode():
+                out.mux(pkt)
+    return n
