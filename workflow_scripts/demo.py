@@ -29,17 +29,14 @@ import trimesh
 from tqdm import tqdm
 
 from workflow_scripts.atomic import atomic_path
-from workflow_scripts.body_model import Pose, center_of_mass, load_npz, pose_mesh
+from workflow_scripts.body_model import center_of_mass, load_npz, pose_mesh
 from workflow_scripts.calibration import write_dannce_hires_params
 from workflow_scripts.cameras import Camera, look_at_c2w, to_opencv_pixels, undistort_normalized
-from workflow_scripts.poses import PoseSampler, PoseSamplerConfig
+from workflow_scripts.poses import PoseSampler, PoseSamplerConfig, WalkPath
 from workflow_scripts.render import Light, MeshRenderer
 from workflow_scripts.video import write_video
 
 log = logging.getLogger(__name__)
-
-MM_PER_MODEL_UNIT = 115.0  # MAMMAL's fitter scale: model units -> millimetres
-
 
 @dataclasses.dataclass
 class DemoConfig:
@@ -107,22 +104,6 @@ def arena_mesh(radius_mm: float, rng: np.random.Generator) -> trimesh.Trimesh:
     return mesh
 
 
-def trajectory(cfg: DemoConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Floor positions [T, 2] (mm) and headings [T] (radians) of a mouse running one loop around
-    the arena with a wobbling path (so it keeps turning one way, then the other).
-
-    One full loop matters: every floor pixel is covered by the mouse in only a small fraction of
-    the frames, so a temporal-median background (the built-in masks) sees the empty arena."""
-    T = cfg.num_frames
-    s = np.linspace(0, 2 * np.pi, T, endpoint=False) + rng.uniform(0, 2 * np.pi)
-    direction = rng.choice([-1.0, 1.0])
-    radius = 0.45 * cfg.arena_radius_mm * (1 + 0.15 * np.sin(3 * s))
-    pos = np.stack([radius * np.cos(direction * s), radius * np.sin(direction * s)], -1)
-    step = np.gradient(pos, axis=0)
-    headings = np.unwrap(np.arctan2(step[:, 1], step[:, 0]))
-    return pos, headings
-
-
 def distortion_maps(cam: Camera, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """Maps for cv2.remap that turn a pinhole render (canvas enlarged by ``margin`` px on each
     side, principal point shifted accordingly) into the camera's distorted image."""
@@ -142,21 +123,19 @@ def run_demo_recording(body_model_npz: str, out_dir: str, cfg: DemoConfig) -> No
     model = load_npz(body_model_npz)
     cams = rig_cameras(cfg, rng)
     floor = arena_mesh(cfg.arena_radius_mm, rng)
-    positions, headings = trajectory(cfg, rng)
-    sampler = PoseSampler(model, PoseSamplerConfig())
-    poses = sampler.walk_sequence(rng, cfg.num_frames)
-
-    # Mouse pose per frame in the arena: the model's head points to -y; turn it to the heading.
+    # The mouse runs ~3 body lengths during the recording, so every floor pixel is covered by
+    # it in only a few frames and a temporal-median background (the built-in masks) sees the
+    # empty arena.
+    duration_s = cfg.num_frames / cfg.fps
+    path = WalkPath(radius=cfg.arena_radius_mm, wall_margin=0.35 * cfg.arena_radius_mm, fps=cfg.fps,
+                    speed=3 * 110.0 / duration_s)
+    poses = PoseSampler(model, PoseSamplerConfig()).walk_sequence(rng, cfg.num_frames, path=path)
     verts, joints, coms = [], [], []
-    for pose, xy, heading in zip(poses, positions, headings):
-        p = dataclasses.replace(pose, global_rotvec=np.array([0.0, 0.0, heading + np.pi / 2]),
-                                scale=float(pose.scale) * MM_PER_MODEL_UNIT, translation=np.zeros(3))
-        v, j = pose_mesh(model, p)
-        lift = -v[:, 2].min()  # feet on the floor
-        offset = np.array([xy[0], xy[1], lift])
-        verts.append(v + offset)
-        joints.append(j + offset)
-        coms.append(center_of_mass(v + offset, model.faces))
+    for pose in poses:
+        v, j = pose_mesh(model, pose)  # world mm, z up, feet on the floor
+        verts.append(v)
+        joints.append(j)
+        coms.append(center_of_mass(v, model.faces))
     verts, joints, coms = np.array(verts), np.array(joints), np.array(coms)
 
     margin = int(0.15 * max(cfg.width, cfg.height))

@@ -1,0 +1,161 @@
+"""crop_shards step + FaceLift folder export (workflow_scripts.real_shards)."""
+import json
+import logging
+
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workflow_scripts.atomic import write_json
+from workflow_scripts.cameras import Camera, cameras_to_json, look_at_c2w
+from workflow_scripts.crop import project_pinhole
+from workflow_scripts.errors import InputError
+from workflow_scripts.real_shards import chunk_frames, export_facelift_folder, norm_from_raw, run_crop_shards
+from workflow_scripts.shards import open_shard, read_sample
+
+W, H, T, S = 320, 256, 6, 64
+NAMES = ["camA", "camB", "camC"]
+PARAMS = {"image_size": S, "size_ratio": 0.3, "background": "white", "num_chunks": 2}
+
+
+def _cameras():
+    cams = []
+    for i, n in enumerate(NAMES):
+        a = 2 * np.pi * i / len(NAMES)
+        c2w = look_at_c2w(np.array([300 * np.cos(a), 300 * np.sin(a), 180.0]), np.zeros(3), np.array([0.0, 0.0, 1.0]))
+        K = np.array([[320.0, -2.0, 161.0], [0.0, 318.0, 127.0], [0.0, 0.0, 1.0]])
+        cams.append(Camera.from_c2w(n, K, c2w, W, H, dist=np.array([-0.1, 0.02, 0.001, 0.0, 0.0])))
+    return cams
+
+
+@pytest.fixture()
+def session(tmp_path):
+    """A 3-camera recording of a coloured disk 'mouse' moving on the floor; frame 3 invalid."""
+    cams = _cameras()
+    frame_index = np.arange(10, 10 + T, dtype=np.int64)
+    centers = np.stack([np.linspace(-30, 30, T), np.linspace(20, -10, T), np.full(T, 15.0)], 1)
+    frames_h5, masks_h5 = {}, {}
+    for cam in cams:
+        fr = np.zeros((T, H, W, 3), np.uint8)
+        ms = np.zeros((T, H, W), np.uint8)
+        for t in range(T):
+            u, v = cam.project(centers[t])
+            fr[t] = (40, 80, 120)
+            cv2.circle(fr[t], (int(u), int(v)), 18, (200, 150, 100), -1)
+            cv2.circle(ms[t], (int(u), int(v)), 18, 255, -1)
+        for kind, data, d in (("frames", fr, frames_h5), ("masks", ms, masks_h5)):
+            p = tmp_path / f"{kind}_{cam.name}.h5"
+            with h5py.File(p, "w") as f:
+                f.create_dataset(kind, data=data)
+                f.create_dataset("frame_index", data=frame_index)
+            d[cam.name] = str(p)
+    write_json(tmp_path / "cameras.json", cameras_to_json(cams, "test", "test"))
+    valid = np.ones(T, bool)
+    valid[3] = False
+    pd.DataFrame({"frame_index": frame_index, "x": centers[:, 0], "y": centers[:, 1], "z": centers[:, 2],
+                  "valid": valid, "reason": ["" if v else "too few cameras" for v in valid]}).to_csv(tmp_path / "centers.csv", index=False)
+    R_up = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # a yaw: z stays up
+    write_json(tmp_path / "normalization.json", {"R_up": R_up.tolist(), "scale": 2.7 / 350.0})
+    return dict(frames_h5=frames_h5, masks_h5=masks_h5, cameras_json=str(tmp_path / "cameras.json"),
+                centers_csv=str(tmp_path / "centers.csv"), normalization_json=str(tmp_path / "normalization.json"),
+                cams=cams, centers=centers, frame_index=frame_index, valid=valid, tmp=tmp_path)
+
+
+def _run(s, out, chunk, num_chunks, **kw):
+    return run_crop_shards(s["frames_h5"], s["masks_h5"], s["cameras_json"], s["centers_csv"], s["normalization_json"],
+                           str(out), chunk, num_chunks, kw.get("params", PARAMS), session="sess1")
+
+
+def test_chunks_cover_valid_frames_with_exact_cameras(session):
+    s = session
+    got = []
+    for chunk in range(2):
+        out = s["tmp"] / f"shard_{chunk}.h5"
+        n = _run(s, out, chunk, 2)
+        with open_shard(out) as f:
+            assert f.attrs["kind"] == "real" and f.attrs["num_samples"] == n
+            p = json.loads(f.attrs["params_json"])
+            assert p["image_size"] == S and p["crop"]["background"] == "white" and p["chunk"] == chunk
+            for i in range(n):
+                smp = read_sample(f, i)
+                got.append(smp["frame_index"])
+                assert smp["session"] == "sess1" and smp["view_valid"].all()
+                assert smp["images"].shape == (3, S, S, 3)
+                t = int(np.where(s["frame_index"] == smp["frame_index"])[0][0])
+                N = smp["norm_from_raw"]
+                np.testing.assert_allclose(N, norm_from_raw(json.loads(open(s["normalization_json"]).read()), s["centers"][t]))
+                # the mouse centre is the normalized origin and projects to the crop centre
+                np.testing.assert_allclose(N[:3, :3] @ s["centers"][t] + N[:3, 3], 0, atol=1e-9)
+                for v in range(3):
+                    uv = project_pinhole(smp["K"][v].astype(np.float64), smp["c2w"][v].astype(np.float64), np.zeros(3))
+                    np.testing.assert_allclose(uv, [S / 2, S / 2], atol=1e-3)  # float32 storage
+                    # world up (+z normalized) is image up
+                    up = project_pinhole(smp["K"][v].astype(np.float64), smp["c2w"][v].astype(np.float64), [0, 0, 0.1])
+                    assert abs(up[0] - S / 2) < 1e-3 and up[1] < S / 2
+                np.testing.assert_allclose(f["qc/size_ratio"][i], 0.3, rtol=0.02)
+                assert (f["qc/center_offset_px"][i] < 1.5).all() and f["qc/focal"].shape == (n, 3)
+                assert not f["qc/touches_crop_border"][i].any()
+                assert (smp["images"][0][smp["masks"][0] == 0] == 255).all()
+    assert got == [i for i, v in zip(s["frame_index"], s["valid"]) if v]
+
+
+def test_same_inputs_same_shard(session):
+    s = session
+    a, b = s["tmp"] / "a.h5", s["tmp"] / "b.h5"
+    _run(s, a, 0, 1)
+    _run(s, b, 0, 1)
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        for k in ("images", "masks", "K", "c2w", "qc/focal"):
+            np.testing.assert_array_equal(fa[k][:], fb[k][:])
+
+
+def test_empty_chunk_writes_valid_empty_shard(session, caplog):
+    s = session
+    out = s["tmp"] / "empty.h5"
+    with caplog.at_level(logging.WARNING):
+        assert _run(s, out, 5, 6) == 0  # 5 valid frames in 6 chunks: the last is empty
+    assert "no valid frames" in caplog.text
+    with open_shard(out) as f:
+        assert f.attrs["num_samples"] == 0
+        assert f["images"].shape == (0, 3, S, S, 3) and f["c2w"].shape == (0, 3, 4, 4) and f["qc/focal"].shape == (0, 3)
+        assert f["qc/touches_crop_border"].shape == (0, 3)
+
+
+def test_bad_inputs(session):
+    s = session
+    with pytest.raises(InputError, match="camC"):
+        run_crop_shards({k: v for k, v in s["frames_h5"].items() if k != "camC"}, s["masks_h5"], s["cameras_json"],
+                        s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
+    with pytest.raises(InputError, match="not found"):
+        run_crop_shards({**s["frames_h5"], "camB": str(s["tmp"] / "nope.h5")}, s["masks_h5"], s["cameras_json"],
+                        s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
+    with h5py.File(s["masks_h5"]["camB"], "r+") as f:
+        f["frame_index"][0] = 999
+    with pytest.raises(InputError, match="frame_index of camera 'camB'"):
+        _run(s, s["tmp"] / "x.h5", 0, 1)
+    assert not (s["tmp"] / "x.h5").exists()
+    with pytest.raises(InputError, match="chunk"):
+        chunk_frames(np.arange(5), 2, 2)
+
+
+def test_export_facelift_folder_round_trip(session):
+    s = session
+    shard = s["tmp"] / "s.h5"
+    _run(s, shard, 0, 1)
+    out = s["tmp"] / "facelift" / "sample_0001"
+    for _ in range(2):  # the second export replaces the first atomically
+        export_facelift_folder(shard, 1, out)
+    meta = json.loads((out / "opencv_cameras.json").read_text())
+    with open_shard(shard) as f:
+        smp = read_sample(f, 1)
+    assert len(meta["frames"]) == 3
+    for v, fr in enumerate(meta["frames"]):
+        np.testing.assert_allclose(np.linalg.inv(np.array(fr["w2c"])), smp["c2w"][v], atol=1e-6)
+        assert (fr["fx"], fr["cx"], fr["w"], fr["h"]) == pytest.approx((smp["K"][v][0, 0], smp["K"][v][0, 2], S, S))
+        rgba = np.asarray(Image.open(out / fr["file_path"]))
+        np.testing.assert_array_equal(rgba[..., :3], smp["images"][v])
+        np.testing.assert_array_equal(rgba[..., 3], smp["masks"][v])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sample_0001"]  # no temp dirs left

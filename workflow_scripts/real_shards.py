@@ -1,0 +1,272 @@
+"""The ``crop_shards`` step (real recordings -> HDF5 shards) and the FaceLift folder exporter.
+
+Inputs per session (docs/conventions.md):
+  frames HDF5 per camera: ``frames`` uint8 [T, H, W, 3], ``frame_index`` int64 [T]
+  masks HDF5 per camera:  ``masks`` uint8 [T, H, W] (255 / 0), ``frame_index`` int64 [T]
+  cameras JSON (canonical, R, t world-to-camera, raw world)
+  centres CSV: ``frame_index, x, y, z, valid, reason, ...`` (smoothed raw-world mouse centre)
+  normalization JSON: ``{"R_up": 3x3, "scale": s, ...}``; per frame
+      ``norm_from_raw = [[s R_up, -s R_up c], [0, 1]]`` with c the frame's centre, so the
+      mouse centre is the normalized origin (``X_norm = s R_up (X_raw - c)``).
+
+Output: one shard (schema v1, docs/shard_schema.md, kind ``real``) per (session, chunk) with
+``K`` [N, V, 3, 3], ``c2w`` [N, V, 4, 4] (OpenCV camera-to-world, normalized world) and the QC
+extras ``qc/size_ratio``, ``qc/center_offset_px``, ``qc/focal`` [N, V] (float32) and
+``qc/touches_crop_border`` [N, V] (bool).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from workflow_scripts.atomic import write_json
+from workflow_scripts.cameras import Camera, cameras_from_json
+from workflow_scripts.crop import CropParams, crop_view, prepare_camera
+from workflow_scripts.errors import InputError
+from workflow_scripts.locate import Normalization
+from workflow_scripts.locate import norm_from_raw as _locate_norm_from_raw
+from workflow_scripts.shards import _COMMON, ShardWriter, open_shard, read_sample
+
+log = logging.getLogger(__name__)
+
+CENTER_COLUMNS = ("frame_index", "x", "y", "z", "valid")
+
+
+# --- readers ------------------------------------------------------------------------------
+def read_cameras_json(path: str | os.PathLike) -> list[Camera]:
+    """Canonical cameras JSON -> validated cameras (raw world, R, t world-to-camera)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: cameras JSON not found. Fix: run the calibration rule first.")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not valid JSON ({e}). Fix: delete it and rerun the calibration rule.") from e
+    return [c.validate(str(p)) for c in cameras_from_json(d)]
+
+
+def read_centers(path: str | os.PathLike) -> pd.DataFrame:
+    """Centres CSV -> DataFrame with int64 ``frame_index``, float ``x, y, z``, bool ``valid``,
+    sorted by frame_index."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: centres CSV not found. Fix: run the locate rule first.")
+    df = pd.read_csv(p)
+    missing = [c for c in CENTER_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{p}: missing columns {missing} (has {list(df.columns)}). Fix: rerun the locate rule.")
+    valid = df["valid"]
+    if valid.dtype == object:  # "True"/"False" strings
+        valid = valid.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+    df = df.assign(frame_index=df["frame_index"].astype(np.int64), valid=valid.astype(bool))
+    if df["frame_index"].duplicated().any():
+        raise InputError(f"{p}: duplicate frame_index values. Fix: rerun the locate rule.")
+    bad = df["valid"] & ~np.isfinite(df[["x", "y", "z"]].to_numpy(float)).all(1)
+    if bad.any():
+        raise InputError(f"{p}: frames {df.loc[bad, 'frame_index'].tolist()[:5]} are valid but have non-finite "
+                         "x, y, z. Fix: rerun the locate rule.")
+    return df.sort_values("frame_index").reset_index(drop=True)
+
+
+def read_normalization(path: str | os.PathLike) -> Normalization:
+    """Normalization JSON (``R_up`` [3, 3] rotation, ``scale`` > 0, optional ``up_raw`` [3])."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: normalization JSON not found. Fix: run the locate rule first.")
+    try:
+        d = json.loads(p.read_text())
+        R = np.asarray(d["R_up"], dtype=np.float64)
+        s = float(d["scale"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{p}: needs 'R_up' (3x3) and 'scale' (number): {e}. Fix: rerun the locate rule.") from e
+    if R.shape != (3, 3) or np.abs(R @ R.T - np.eye(3)).max() > 1e-6 or np.linalg.det(R) < 0 or not s > 0:
+        raise InputError(f"{p}: R_up must be a 3x3 rotation and scale > 0. Fix: rerun the locate rule.")
+    # up_raw is implied by R_up (R_up @ up_raw = e_z); older files may lack it.
+    return Normalization(R_up=R, scale=s, up_raw=np.asarray(d.get("up_raw", R[2]), dtype=np.float64))
+
+
+def norm_from_raw(normalization: Normalization | dict[str, Any], center_raw: np.ndarray) -> np.ndarray:
+    """[4, 4] similarity ``X_norm = s R_up (X_raw - c)`` for this frame's centre ``c`` [3]
+    (``workflow_scripts.locate.norm_from_raw``, which owns the normalization)."""
+    if isinstance(normalization, dict):
+        d = normalization
+        R = np.asarray(d["R_up"], dtype=np.float64)
+        normalization = Normalization(R_up=R, scale=float(d["scale"]), up_raw=np.asarray(d.get("up_raw", R[2]), dtype=np.float64))
+    return _locate_norm_from_raw(normalization, np.asarray(center_raw, dtype=np.float64))
+
+
+def _open_per_camera(files: dict[str, str], names: list[str], dataset: str, what: str) -> dict[str, h5py.File]:
+    """Open one HDF5 per camera (in ``names`` order), checking presence and datasets."""
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise InputError(f"{what}: no file given for cameras {missing} (cameras JSON has {names}). "
+                         "Fix: check the session's camera names in the config.")
+    out: dict[str, h5py.File] = {}
+    for n in names:
+        p = Path(files[n])
+        if not p.exists():
+            raise InputError(f"{p}: {what} file of camera {n!r} not found. Fix: run the rule that makes it.")
+        f = h5py.File(p, "r")
+        if dataset not in f or "frame_index" not in f:
+            f.close()
+            raise InputError(f"{p}: lacks '{dataset}'/'frame_index'. Fix: delete it and rerun the rule that makes it.")
+        out[n] = f
+    return out
+
+
+def chunk_frames(frame_indices: np.ndarray, chunk: int, num_chunks: int) -> np.ndarray:
+    """Contiguous part ``chunk`` (0-based) of ``num_chunks`` of the sorted valid frame indices."""
+    if not (0 <= chunk < num_chunks):
+        raise InputError(f"chunk {chunk} is outside 0..{num_chunks - 1}. Fix: crop.num_chunks in the config.")
+    return np.array_split(np.asarray(frame_indices, dtype=np.int64), num_chunks)[chunk]
+
+
+# --- the step -----------------------------------------------------------------------------
+def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
+                    normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
+                    session: str | None = None) -> int:
+    """Crop all V cameras for every valid frame of this chunk into one shard; returns N.
+
+    ``params``: the config's crop settings (``image_size``, ``size_ratio``, ``background``, ...;
+    see :class:`workflow_scripts.crop.CropParams`); all of them, the resolved crop settings and
+    chunk/num_chunks go into the shard's ``params_json``. ``session`` defaults to
+    ``params["session"]`` or the name of ``out_h5``'s parent directory.
+    """
+    cp = CropParams.from_dict(params)
+    cameras = read_cameras_json(cameras_json)
+    names = [c.name for c in cameras]
+    centers = read_centers(centers_csv)
+    normalization = read_normalization(normalization_json)
+    session = session or str(params.get("session") or Path(out_h5).parent.name)
+    V, S = len(cameras), cp.image_size
+    attrs = {**params, "crop": cp.to_dict(), "chunk": int(chunk), "num_chunks": int(num_chunks), "session": session}
+
+    with contextlib.ExitStack() as stack:
+        ff = _open_per_camera(frames_h5, names, "frames", "frames")
+        mf = _open_per_camera(masks_h5, names, "masks", "masks")
+        for f in (*ff.values(), *mf.values()):
+            stack.callback(f.close)
+        ref = ff[names[0]]["frame_index"][:].astype(np.int64)
+        for n in names:
+            for f, what in ((ff[n], "frames"), (mf[n], "masks")):
+                fi = f["frame_index"][:].astype(np.int64)
+                if not np.array_equal(fi, ref):
+                    raise InputError(f"{f.filename}: frame_index of camera {n!r} ({what}) differs from camera "
+                                     f"{names[0]!r} frames ({len(fi)} vs {len(ref)} frames). Fix: rerun extract_frames/masks "
+                                     "with the same start_frame/max_frames/stride for every camera.")
+            img_shape = ff[n]["frames"].shape[1:3]
+            cam = cameras[names.index(n)]
+            if tuple(img_shape) != (cam.height, cam.width) or tuple(mf[n]["masks"].shape[1:3]) != (cam.height, cam.width):
+                raise InputError(f"{ff[n].filename}: frames {tuple(img_shape)} / masks {mf[n]['masks'].shape[1:3]} do not "
+                                 f"match camera {n!r} size {cam.height}x{cam.width} in {cameras_json}. Fix: check the calibration.")
+        row_of = {int(v): i for i, v in enumerate(ref)}
+        valid = centers[centers["valid"]]
+        mine = chunk_frames(valid["frame_index"].to_numpy(), chunk, num_chunks)
+        absent = [int(i) for i in mine if int(i) not in row_of]
+        if absent:
+            raise InputError(f"{centers_csv}: valid frames {absent[:5]} are not in the frames files "
+                             f"({ff[names[0]].filename}). Fix: rerun locate on the current frames.")
+        xyz = valid.set_index("frame_index")[["x", "y", "z"]]
+        preps = [prepare_camera(c) for c in cameras]
+
+        with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
+            if len(mine) == 0:
+                log.warning("%s: chunk %d/%d of session %s has no valid frames; writing an empty shard",
+                            out_h5, chunk, num_chunks, session)
+                _create_empty_datasets(w)
+            n_invalid = 0
+            for fidx in tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame"):
+                row = row_of[int(fidx)]
+                c = xyz.loc[int(fidx)].to_numpy(np.float64)
+                N = norm_from_raw(normalization, c)
+                imgs = np.empty((V, S, S, 3), np.uint8)
+                msks = np.empty((V, S, S), np.uint8)
+                K = np.empty((V, 3, 3))
+                c2w = np.empty((V, 4, 4))
+                ok = np.zeros(V, bool)
+                qc = np.empty((3, V), np.float32)
+                touch = np.zeros(V, bool)
+                for v, n in enumerate(names):
+                    r = crop_view(ff[n]["frames"][row], mf[n]["masks"][row], preps[v], c, N, params=cp)
+                    imgs[v], msks[v], K[v], c2w[v], ok[v] = r.image, r.mask, r.K, r.c2w, r.valid
+                    qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
+                    touch[v] = r.touches_crop_border
+                    if not r.valid:
+                        log.info("frame %d camera %s invalid: %s", fidx, n, r.reason)
+                n_invalid += int((~ok).sum())
+                w.add(images=imgs, masks=msks, K=K, c2w=c2w, frame_index=int(fidx), session=session,
+                      norm_from_raw=N, view_valid=ok,
+                      extras={"qc/size_ratio": qc[0], "qc/center_offset_px": qc[1], "qc/focal": qc[2],
+                              "qc/touches_crop_border": touch})
+        if len(mine):
+            log.info("%s: %d frames x %d views, %d views invalid", out_h5, len(mine), V, n_invalid)
+    return len(mine)
+
+
+def _create_empty_datasets(w: ShardWriter) -> None:
+    """Give an N = 0 shard every per-sample dataset with shape [0, ...] so readers need no special
+    case. ShardWriter has no public hook for this, hence its private ``_dataset``."""
+    for name, (dtype, shape_fn) in _COMMON.items():
+        w._dataset(name, dtype, shape_fn(w.V, w.S))
+    for name in ("qc/size_ratio", "qc/center_offset_px", "qc/focal"):
+        w._dataset(name, np.float32, (w.V,))
+    w._dataset("qc/touches_crop_border", np.bool_, (w.V,))
+
+
+# --- FaceLift folder export ---------------------------------------------------------------
+def export_facelift_folder(shard_path: str | os.PathLike, sample_index: int, out_dir: str | os.PathLike,
+                           only_valid: bool = False) -> Path:
+    """One shard sample -> FaceLift's folder format, written atomically (temp dir + rename).
+
+    ``out_dir/images/cam_{v:03d}.png``: RGBA, alpha = mask. ``out_dir/opencv_cameras.json``:
+    ``{"frames": [{"w", "h", "fx", "fy", "cx", "cy", "w2c" (4x4 OpenCV world-to-camera,
+    normalized world = inverse of the shard's c2w), "file_path"}]}``. The crop K has no skew.
+    """
+    out = Path(out_dir)
+    with open_shard(shard_path) as f:
+        n = int(f.attrs.get("num_samples", len(f["session"])))
+        if not (0 <= sample_index < n):
+            raise InputError(f"{shard_path}: sample {sample_index} out of range (shard has {n}). Fix: pick 0..{n - 1}.")
+        s = read_sample(f, sample_index)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        frames = []
+        for v in range(s["images"].shape[0]):
+            if only_valid and not s["view_valid"][v]:
+                continue
+            rgba = np.concatenate([s["images"][v], s["masks"][v][..., None]], axis=-1)
+            rel = f"images/cam_{v:03d}.png"
+            Image.fromarray(rgba, "RGBA").save(tmp / rel)
+            K = s["K"][v].astype(np.float64)
+            Sh, Sw = s["images"].shape[1:3]
+            frames.append({"w": int(Sw), "h": int(Sh), "fx": float(K[0, 0]), "fy": float(K[1, 1]),
+                           "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                           "w2c": np.linalg.inv(s["c2w"][v].astype(np.float64)).tolist(), "file_path": rel})
+        write_json(tmp / "opencv_cameras.json", {"frames": frames, "session": s["session"],
+                                                 "frame_index": s["frame_index"]})
+        # Replace an existing export: move it aside, rename the new one in, then delete the old.
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
