@@ -32,7 +32,8 @@ rule report:
     input:
         metrics=expand("results/eval/{experiment}/metrics.json", experiment=experiments()),
         train_logs=expand("results/train/{experiment}/{stage}/log.csv", experiment=experiments(), stage=["synthetic", "mouse"]),
-        centers=expand("results/locate/{session}/centers.csv", session=list(sessions())),
+        qc_figures=expand("results/locate/{session}/qc.png", session=list(sessions()))
+        + [s.replace(".h5", "_qc.png") for s in all_real_shards()],
     output:
         report("results/report.html", category="Report", caption="../docs/report/report.rst"),
     params:

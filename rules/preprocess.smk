@@ -99,8 +99,9 @@ rule locate_mouse:
         cameras="results/calibration/{session}/cameras.json",
         qc=lambda w: expand("results/masks/{{session}}/{camera}_qc.csv", camera=cameras(w.session)),
     output:
-        centers=report("results/locate/{session}/centers.csv", category="Preprocessing", caption="../docs/report/locate.rst"),
+        centers="results/locate/{session}/centers.csv",
         normalization="results/locate/{session}/normalization.json",
+        qc=report("results/locate/{session}/qc.png", category="Preprocessing", caption="../docs/report/locate.rst"),
     params:
         locate=config["locate"],
         normalize=config["normalize"],
@@ -127,7 +128,8 @@ rule crop_shards:
         centers="results/locate/{session}/centers.csv",
         normalization="results/locate/{session}/normalization.json",
     output:
-        "results/shards/real/{session}/chunk{chunk}.h5",
+        shard="results/shards/real/{session}/chunk{chunk}.h5",
+        qc=report("results/shards/real/{session}/chunk{chunk}_qc.png", category="Preprocessing", caption="../docs/report/crops.rst"),
     params:
         crop=config["crop"],
         cameras=lambda w: cameras(w.session),

@@ -31,3 +31,15 @@ def test_write_json_rejects_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json(out, {"a": float("nan")})
     assert json.loads(out.read_text()) == {"a": 1}
+
+
+def test_atomic_output_has_umask_permissions(tmp_path):
+    import os
+    out = tmp_path / "p.txt"
+    old = os.umask(0o022)
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

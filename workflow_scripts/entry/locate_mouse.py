@@ -6,3 +6,7 @@ with rule_logging(snakemake) as log:
     qc = dict(zip(snakemake.params.cameras, snakemake.input.qc))
     params = {**snakemake.params.locate, **snakemake.params.normalize}
     run_locate_mouse(snakemake.input.cameras, qc, snakemake.output.centers, snakemake.output.normalization, params)
+
+    from workflow_scripts.qc_plots import plot_locate_qc
+
+    plot_locate_qc(snakemake.output.centers, snakemake.output.qc, title=f"session {snakemake.wildcards.session}")

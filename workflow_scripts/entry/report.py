@@ -10,5 +10,5 @@ with rule_logging(snakemake) as log:
         eval_dirs={e: str(Path(m).parent) for e, m in zip(exps, snakemake.input.metrics)},
         train_logs={e: [p for p in snakemake.input.train_logs if f"/train/{e}/" in p] for e in exps},
         out_html=snakemake.output[0],
-        qc_tables=list(snakemake.input.centers),
+        qc_figures=list(snakemake.input.qc_figures),
     )
