@@ -34,6 +34,7 @@ from workflow_scripts.calibration import write_dannce_hires_params
 from workflow_scripts.cameras import Camera, look_at_c2w, to_opencv_pixels, undistort_normalized
 from workflow_scripts.poses import PoseSampler, PoseSamplerConfig, WalkPath
 from workflow_scripts.render import Light, MeshRenderer
+from workflow_scripts.synthetic import procedural_colors, texture_look
 from workflow_scripts.video import write_video
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class DemoConfig:
     num_cameras: int = 6
     camera_distance_mm: float = 1000.0
     camera_height_mm: float = 550.0
-    focal_px: float = 1500.0
+    focal_px: float = 1000.0
     distortion_k1: float = -0.08
     arena_radius_mm: float = 200.0
     seed: int = 1
@@ -97,7 +98,7 @@ def arena_mesh(radius_mm: float, rng: np.random.Generator) -> trimesh.Trimesh:
     phase = rng.uniform(0, 2 * np.pi, 4)
     noise = 0.5 + 0.25 * np.sin(7 * x + phase[0]) * np.cos(5 * y + phase[1]) + 0.15 * np.sin(17 * x + 13 * y + phase[2])
     noise += 0.1 * rng.standard_normal(len(verts))
-    base = np.array([0.78, 0.74, 0.62])  # pale bedding, unlike the mouse's fur
+    base = np.array([0.34, 0.36, 0.42])  # grey-blue arena floor (the fitted fur is white)
     colors = np.clip(base[None] * (0.75 + 0.35 * noise[:, None]), 0, 1)
     mesh = trimesh.Trimesh(verts, np.array(faces), process=False)
     mesh.visual.vertex_colors = np.concatenate([(colors * 255).astype(np.uint8), np.full((len(verts), 1), 255, np.uint8)], 1)
@@ -141,8 +142,9 @@ def run_demo_recording(body_model_npz: str, out_dir: str, cfg: DemoConfig) -> No
     margin = int(0.15 * max(cfg.width, cfg.height))
     lights = [Light(kind="directional", direction=np.array([0.3, 0.2, -1.0]), color=np.ones(3), intensity=3.0),
               Light(kind="directional", direction=np.array([-0.5, 0.4, -0.6]), color=np.array([1.0, 0.95, 0.9]), intensity=1.5)]
-    uv_kwargs = dict(uv=model.uv, faces_uv=model.faces_uv, texture=model.texture) if model.texture is not None else \
-        dict(vertex_colors=np.tile([0.45, 0.38, 0.33], (len(model.vertices), 1)))
+    # The fitted fur texture when the model has one; else a fixed procedural fur (upstream MAMMAL
+    # ships no texture image).
+    uv_kwargs = texture_look(model) if model.texture is not None else dict(vertex_colors=procedural_colors(model, rng)[0])
     true_masks = np.zeros((len(cams), cfg.num_frames, cfg.height, cfg.width), np.uint8)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     with MeshRenderer(cfg.width + 2 * margin, cfg.height + 2 * margin) as renderer:

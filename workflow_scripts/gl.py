@@ -1,0 +1,133 @@
+"""Headless OpenGL for pyrender: the ONE place that chooses the platform and patches pyrender.
+
+Why this module exists
+----------------------
+* PyOpenGL picks its platform (GLX, EGL, OSMesa) once, when ``OpenGL.platform`` is first
+  imported, from the environment variable ``PYOPENGL_PLATFORM``. pyrender imports PyOpenGL at
+  import time, so the variable must be set *before* ``import pyrender``. :func:`setup_headless`
+  sets it and refuses (RuntimeError) if PyOpenGL was already loaded with another platform, because
+  that mistake otherwise shows up much later as an obscure context-creation failure.
+* pyrender 0.1.45 pins ``PyOpenGL==3.1.0``. PyOpenGL 3.1.0 predates current Mesa: its OSMesa
+  binding fails against libOSMesa 8 (missing/renamed entry points), so headless CPU rendering
+  does not work with it. The project therefore installs pyrender with ``pip install --no-deps``
+  beside ``PyOpenGL==3.1.10`` (pinned in pyproject); pyrender works with it unchanged.
+* pyrender uses ``np.infty``, which NumPy 2 removed. We restore the alias (``np.infty = np.inf``)
+  before pyrender is imported; it changes no NumPy behaviour.
+* pyrender caches compiled shader programs under a key that contains
+  ``OpenGL.contextdata.getContext()``. With PyOpenGL 3.1.10 + OSMesa that returns a *new*
+  ``OSMesaContext_pointer`` object on every call, and those compare unequal, so the cache never
+  hits and pyrender recompiles its shaders on every ``render()`` (~7 ms per view, a quarter of the
+  render time at 256 px). :func:`import_pyrender` makes pyrender's cache key the context's
+  address (an int) instead (:func:`_patch_shader_cache`).
+
+Platform choice: ``MOUSE_FACELIFT_GL`` (``egl``/``osmesa``) overrides; otherwise ``egl`` when an
+NVIDIA EGL device looks usable (a ``/dev/nvidia*`` device node and NVIDIA's EGL vendor library),
+else ``osmesa`` (Mesa's llvmpipe software rasterizer, works everywhere, CPU only).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+
+ENV_OVERRIDE = "MOUSE_FACELIFT_GL"
+PLATFORMS = ("egl", "osmesa")
+# PyOpenGL platform class name -> PYOPENGL_PLATFORM value.
+_PYOPENGL_CLASSES = {"EGLPlatform": "egl", "OSMesaPlatform": "osmesa", "GLXPlatform": "glx",
+                     "DarwinPlatform": "darwin", "Win32Platform": "win32"}
+
+
+def nvidia_egl_available() -> bool:
+    """True when an NVIDIA GPU device node and NVIDIA's EGL vendor library are both present.
+
+    This is a cheap check that does not create a context (creating one here would load PyOpenGL
+    with a platform before the caller decided); a false positive surfaces as a clear EGL error
+    when pyrender creates its context, and ``MOUSE_FACELIFT_GL=osmesa`` forces the CPU path.
+    """
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    if ctypes.util.find_library("EGL_nvidia"):
+        return True
+    patterns = ("/usr/lib/x86_64-linux-gnu/libEGL_nvidia.so*", "/usr/lib64/libEGL_nvidia.so*",
+                "/usr/lib/libEGL_nvidia.so*", "/usr/local/nvidia/lib64/libEGL_nvidia.so*")
+    return any(glob.glob(p) for p in patterns)
+
+
+def _loaded_platform() -> str | None:
+    """The platform PyOpenGL already loaded in this process, or None if it has not chosen yet."""
+    mod = sys.modules.get("OpenGL.platform")
+    if mod is None or getattr(mod, "PLATFORM", None) is None:
+        return None
+    name = type(mod.PLATFORM).__name__
+    return _PYOPENGL_CLASSES.get(name, name)
+
+
+def setup_headless(platform: str | None = None) -> str:
+    """Choose the headless OpenGL platform and patch NumPy for pyrender; returns the platform.
+
+    Args:
+        platform: ``"egl"`` or ``"osmesa"``; None = ``$MOUSE_FACELIFT_GL`` if set, else the
+            headless platform PyOpenGL already loaded (if any), else ``egl`` when
+            :func:`nvidia_egl_available`, else ``osmesa``.
+
+    Sets ``PYOPENGL_PLATFORM`` (process-wide by nature: PyOpenGL reads it once). Idempotent when
+    called again with the same platform. Raises ValueError for an unknown platform name and
+    RuntimeError if PyOpenGL was already imported with a different platform.
+    """
+    loaded = _loaded_platform()
+    if platform is None:
+        platform = os.environ.get(ENV_OVERRIDE)
+        if platform is None and loaded in PLATFORMS:
+            platform = loaded  # auto mode: keep the headless platform this process already uses
+        elif platform is None:
+            platform = "egl" if nvidia_egl_available() else "osmesa"
+    platform = platform.strip().lower()
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown headless GL platform {platform!r} (from argument or ${ENV_OVERRIDE}); "
+                         f"use one of {PLATFORMS}")
+    if loaded is not None and loaded != platform:
+        raise RuntimeError(
+            f"PyOpenGL was already imported with platform {loaded!r}, but {platform!r} was requested. "
+            "Fix: call workflow_scripts.gl.setup_headless() before anything imports OpenGL or pyrender "
+            f"(or set ${ENV_OVERRIDE}={loaded} to keep the loaded one).")
+    os.environ["PYOPENGL_PLATFORM"] = platform
+    if not hasattr(np, "infty"):
+        np.infty = np.inf  # pyrender 0.1.45 uses np.infty, removed in NumPy 2
+    return platform
+
+
+def import_pyrender(platform: str | None = None) -> ModuleType:
+    """The ``pyrender`` module, imported after :func:`setup_headless` (see module docstring)."""
+    setup_headless(platform)
+    import pyrender  # noqa: PLC0415  (must come after setup_headless)
+
+    _patch_shader_cache(pyrender)
+    return pyrender
+
+
+def _context_address() -> object:
+    """The current GL context as a hashable, comparable key (its address when it is a pointer)."""
+    import OpenGL.contextdata  # noqa: PLC0415
+
+    ctx = OpenGL.contextdata.getContext()
+    try:
+        return ctypes.cast(ctx, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return ctx
+
+
+def _patch_shader_cache(pyrender: ModuleType) -> None:
+    """Make pyrender's shader cache key use :func:`_context_address` (idempotent; see module doc).
+
+    ``pyrender.shader_program`` uses its ``OpenGL`` name only for ``OpenGL.contextdata.getContext``,
+    so we give that module a stand-in namespace with the fixed function.
+    """
+    sp = pyrender.shader_program
+    if getattr(sp.OpenGL, "_mouse_facelift_patch", False):
+        return
+    sp.OpenGL = SimpleNamespace(contextdata=SimpleNamespace(getContext=_context_address), _mouse_facelift_patch=True)
