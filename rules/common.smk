@@ -105,3 +105,9 @@ def train_resources(stage):
     """GPU rules ask for GPUs through the `gpu` resource only (never also `gres`)."""
     gpus = config[stage]["gpus"]
     return dict(mem_mb=16000 if gpus else 6000, runtime=24 * 60 if gpus else 60, gpu=gpus)
+
+
+def train_logs():
+    """Training CSV logs of every experiment's stages (no synthetic stage where it is skipped)."""
+    return [f"results/train/{e}/{stage}/log.csv" for e in experiments()
+            for stage in (["mouse"] if skip_synthetic(e) else ["synthetic", "mouse"])]

@@ -31,7 +31,7 @@ rule evaluate:
 rule report:
     input:
         metrics=expand("results/eval/{experiment}/metrics.json", experiment=experiments()),
-        train_logs=expand("results/train/{experiment}/{stage}/log.csv", experiment=experiments(), stage=["synthetic", "mouse"]),
+        train_logs=train_logs(),
         qc_figures=expand("results/locate/{session}/qc.png", session=list(sessions()))
         + [s.replace(".h5", "_qc.png") for s in all_real_shards()],
     output:

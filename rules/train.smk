@@ -12,7 +12,7 @@ rule train_synthetic:
         train=lambda w: experiment_settings(w.experiment, "train_synthetic"),
         seed=config["seed"],
         stage="synthetic",
-        skip=lambda w: skip_synthetic(w.experiment),
+        holdout_fraction=0.0,
         out_dir=lambda w: f"results/train/{w.experiment}/synthetic",
     log:
         log_path("train_synthetic", "{experiment}"),
@@ -29,7 +29,7 @@ rule train_synthetic:
 
 rule train_mouse_model:
     input:
-        init="results/train/{experiment}/synthetic/checkpoint.pt",
+        init=lambda w: [] if skip_synthetic(w.experiment) else [f"results/train/{w.experiment}/synthetic/checkpoint.pt"],
         real=all_real_shards(),
         synthetic=synthetic_shards("train"),
     output:
@@ -39,7 +39,6 @@ rule train_mouse_model:
         train=lambda w: experiment_settings(w.experiment, "train_mouse"),
         seed=config["seed"],
         stage="mouse",
-        skip=False,
         holdout_fraction=config["evaluate"]["holdout_fraction"],
         out_dir=lambda w: f"results/train/{w.experiment}/mouse",
     log:
