@@ -4,7 +4,7 @@
 
 rule train_synthetic:
     input:
-        shards=synthetic_shards("train"),
+        synthetic=synthetic_shards("train"),
     output:
         checkpoint="results/train/{experiment}/synthetic/checkpoint.pt",
         log_csv="results/train/{experiment}/synthetic/log.csv",
