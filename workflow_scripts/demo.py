@@ -98,7 +98,7 @@ def arena_mesh(radius_mm: float, rng: np.random.Generator) -> trimesh.Trimesh:
     phase = rng.uniform(0, 2 * np.pi, 4)
     noise = 0.5 + 0.25 * np.sin(7 * x + phase[0]) * np.cos(5 * y + phase[1]) + 0.15 * np.sin(17 * x + 13 * y + phase[2])
     noise += 0.1 * rng.standard_normal(len(verts))
-    base = np.array([0.34, 0.36, 0.42])  # grey-blue arena floor (the fitted fur is white)
+    base = np.array([0.14, 0.15, 0.18])  # grey-blue arena floor (the fitted fur is white)
     colors = np.clip(base[None] * (0.75 + 0.35 * noise[:, None]), 0, 1)
     mesh = trimesh.Trimesh(verts, np.array(faces), process=False)
     mesh.visual.vertex_colors = np.concatenate([(colors * 255).astype(np.uint8), np.full((len(verts), 1), 255, np.uint8)], 1)
