@@ -49,3 +49,15 @@ def test_snakemake_lint_is_clean(repo_root, mammal_dir):
     r = subprocess.run([str(exe), "--lint"], cwd=repo_root, capture_output=True, text=True,
                        env={**os.environ, "MAMMAL_MOUSE_DIR": str(mammal_dir)}, timeout=300)
     assert r.returncode == 0 and "Congratulations" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_experiments_become_their_own_train_and_evaluate_jobs(repo_root, workdir):
+    experiments = {
+        "real_only": {"skip_synthetic": True, "train_mouse": {"synthetic_ratio": 0.0, "losses": {"silhouette": 0.0}}},
+        "pretrained": {},
+        "one_view": {"train_mouse": {"num_input_views": 1}},
+    }
+    rules = smk.run(repo_root, ["train_mouse"], workdir=workdir, config={"experiments": experiments})
+    assert rules.count("train_mouse_model") == 3 and rules.count("evaluate") == 3
+    assert rules.count("train_synthetic") == 2  # real_only skips synthetic pre-training
+    assert rules.count("report") == 1  # one report compares them side by side
