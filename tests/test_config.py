@@ -35,3 +35,10 @@ def test_bad_yaml_file_names_the_file(tmp_path):
     p.write_text(yaml.safe_dump({"seed": "zero"}))
     with pytest.raises(ConfigError, match=str(p)):
         load(p)
+
+
+def test_stage_defaults_survive_a_partial_section():
+    cfg = validate({"train_mouse": {"steps": 3, "losses": {"ssim": 0.0}}})
+    assert cfg["train_mouse"]["temporal_pairs"] is True and cfg["train_mouse"]["losses"]["temporal"] == 0.1
+    assert cfg["train_mouse"]["losses"]["ssim"] == 0.0 and cfg["train_mouse"]["synthetic_ratio"] == 0.5
+    assert cfg["train_synthetic"]["temporal_pairs"] is False and cfg["train_synthetic"]["losses"]["temporal"] == 0.0

@@ -24,6 +24,13 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def _fill_defaults(schema: dict[str, Any], data: Any, root: dict[str, Any]) -> Any:
     """Recursively insert ``default`` values of object properties (JSON Schema does not)."""
     if "$ref" in schema:  # only local refs: "#/definitions/name"
@@ -32,6 +39,9 @@ def _fill_defaults(schema: dict[str, Any], data: Any, root: dict[str, Any]) -> A
         for key, sub in schema.get("properties", {}).items():
             if key not in data and "default" in sub:
                 data[key] = copy.deepcopy(sub["default"])
+            elif isinstance(data.get(key), dict) and isinstance(sub.get("default"), dict):
+                # A section's own defaults (e.g. train_mouse's) stay under a partial user section.
+                data[key] = _deep_merge(sub["default"], data[key])
             if key in data:
                 data[key] = _fill_defaults(sub, data[key], root)
         extra = schema.get("additionalProperties")
