@@ -55,3 +55,23 @@ def test_a_synthetic_parameter_leaves_real_preprocessing_alone(demo_run, repo_ro
     rules = set(smk.run(repo_root, ["train_mouse"], config=changed, workdir=work))
     assert "synthetic_shards" in rules and "train_synthetic" in rules
     assert not rules & {"demo_recording", "extract_frames", "masks", "calibration", "locate_mouse", "crop_shards"}
+
+
+def test_snakemake_report_bundles_the_report_and_qc_figures(demo_run, repo_root, mammal_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    work, _, _ = demo_run
+    out = tmp_path / "report.zip"
+    exe = Path(sys.executable).with_name("snakemake")
+    r = subprocess.run([str(exe), "-s", str(repo_root / "Snakefile"), "--configfile", "config.yaml",
+                        str(repo_root / "tests" / "tiny_config.yaml"), "--report", str(out), "train_mouse"],
+                       cwd=work, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MAMMAL_MOUSE_DIR": str(mammal_dir)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("report.html") and "results" in n for n in names)
+    assert any(n.endswith("qc.png") for n in names) and any(n.endswith("chunk000_qc.png") for n in names)
