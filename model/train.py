@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.checkpoint import (checkpoint_path, latest_checkpoint, link_or_copy, load_checkpoint, model_state_from_file,
+from model.checkpoint import (checkpoint_path, latest_checkpoint, link_or_copy, list_checkpoints, load_checkpoint, model_state_from_file,
                               prune_checkpoints, restore_training_state, save_checkpoint, to_plain, unwrap)
 from model.config import ModelConfig, preset
 from model.data import DataConfig, build_loader
@@ -381,12 +381,51 @@ def train(cfg: TrainConfig) -> Path:
             dist.destroy_process_group()
 
 
+# Settings a run may be resumed under with other values: how often things are written, how long
+# a job may run, and ``steps`` (raising it extends a finished or preempted run from its last
+# checkpoint, the schedule following the new length from there; every other change starts afresh).
+_NOT_IDENTITY = {"out_dir", "checkpoint_every", "log_every", "keep_checkpoints", "stop_at_step", "time_limit_s",
+                 "num_workers", "gpus", "steps"}
+
+
+def _file_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap content fingerprint of a (possibly large) file: size + sha256 of its first and last MiB."""
+    import hashlib
+
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def run_identity(cfg: TrainConfig) -> str:
+    """A hash of everything that determines a training run's result: the settings (minus
+    bookkeeping such as checkpoint_every) and the content of the init checkpoint and shards."""
+    import hashlib
+    import json
+
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in _NOT_IDENTITY}
+    data = to_plain(cfg.data)
+    plain["data"] = {k: v for k, v in data.items() if k != "num_workers"}
+    files = [cfg.init_checkpoint] if cfg.init_checkpoint else []
+    for kind in ("synthetic", "real"):
+        files += [str(p) for p in (data.get(kind) or [])]
+    plain["files"] = {str(f): _file_fingerprint(f) for f in files if Path(f).is_file()}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _train(cfg: TrainConfig, d: _Dist, device: torch.device, out_dir: Path, ckpt_dir: Path, final_path: Path,
            stop: _StopFlag) -> Path:
     t_start = time.time()
     mcfg = cfg.model_config()
     loss_cfg = cfg.loss_config()
-    plain_cfg = {**cfg.to_plain(), "model": mcfg.to_dict(), "model_overrides": to_plain(cfg.model)}
+    plain_cfg = {**cfg.to_plain(), "model": mcfg.to_dict(), "model_overrides": to_plain(cfg.model),
+                 "run_identity": run_identity(cfg)}
 
     _seed_everything(cfg.seed)
     model = GSLRM(mcfg).to(device)
@@ -394,6 +433,20 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, out_dir: Path, ckpt
                                 fused=True if device.type == "cuda" else None)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
+    resume = latest_checkpoint(ckpt_dir)
+    if resume is not None and d.main:
+        previous = load_checkpoint(resume, map_location="cpu").get("config", {}).get("run_identity")
+        if previous != plain_cfg["run_identity"]:
+            # Snakemake reruns a training job when its settings or inputs changed: the step
+            # checkpoints of the earlier run must not be resumed then (only a preempted run of the
+            # same settings is). They are intermediate files of a run whose output is gone.
+            stale = [p for _, p in list_checkpoints(ckpt_dir)]
+            log.warning("checkpoints in %s come from other settings or inputs; starting afresh (removing %d)",
+                        ckpt_dir, len(stale))
+            for p in stale:
+                p.unlink()
+    if d.enabled and dist.is_initialized():
+        dist.barrier()
     resume = latest_checkpoint(ckpt_dir)
     step, nonfinite_total, metrics_prev = 0, 0, {}
     if resume is not None:

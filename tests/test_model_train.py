@@ -115,6 +115,24 @@ def test_resume_is_exact(toy, tmp_path):
     assert T.train(T.TrainConfig.from_dict(config(toy, tmp_path / "a", **kw))) == tmp_path / "a" / "checkpoint.pt"
 
 
+def test_changed_settings_start_afresh_instead_of_resuming(toy, tmp_path):
+    """Snakemake reruns a training job when its params or inputs change: the earlier run's step
+    checkpoints must not be resumed then (a preempted run of the same settings is, above)."""
+    out = tmp_path / "run"
+    T.train(T.TrainConfig.from_dict(config(toy, out, steps=4, checkpoint_every=2)))
+    first = load_checkpoint(out / "checkpoint.pt")
+    (out / "checkpoint.pt").unlink()  # Snakemake removes the outputs of a job it reruns
+    T.train(T.TrainConfig.from_dict(config(toy, out, steps=4, checkpoint_every=2, lr=5e-4)))
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows][-4:] == ["1", "2", "3", "4"]  # started at step 1 again
+    second = load_checkpoint(out / "checkpoint.pt")
+    assert not all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    # bookkeeping settings and the length (extending a run) do not change the run's identity
+    assert T.run_identity(T.TrainConfig.from_dict(config(toy, out, checkpoint_every=7, log_every=3, steps=9))) == \
+        T.run_identity(T.TrainConfig.from_dict(config(toy, out)))
+    assert T.run_identity(T.TrainConfig.from_dict(config(toy, out, seed=4))) != T.run_identity(T.TrainConfig.from_dict(config(toy, out)))
+
+
 def test_sigterm_saves_and_rerun_resumes(toy, tmp_path):
     out = tmp_path / "run"
     cfg_path = tmp_path / "cfg.yaml"
@@ -138,10 +156,12 @@ def test_sigterm_saves_and_rerun_resumes(toy, tmp_path):
     ck = latest_checkpoint(out / "checkpoints")
     step = load_checkpoint(ck)["step"]
     assert 2 <= step < 400 and not (out / "checkpoint.pt").exists()
-    res = subprocess.run(cmd + ["--set", f"steps={step + 2}"], env=subprocess_env(), capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # Same settings (stop_at_step only bounds this test's runtime; it is not part of the run's
+    # identity), so the rerun resumes from the checkpoint the signal left.
+    res = subprocess.run(cmd + ["--set", f"stop_at_step={step + 2}"], env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == T.PREEMPTED_EXIT_CODE, res.stderr[-3000:]
     assert f"resumed from {ck}" in res.stderr
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == step + 2
+    assert load_checkpoint(latest_checkpoint(out / "checkpoints"))["step"] == step + 2
     assert [int(r["step"]) for r in read_log(out / "log.csv")] == list(range(1, step + 3))
 
 
