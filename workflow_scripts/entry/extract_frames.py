@@ -11,6 +11,6 @@ with rule_logging(snakemake) as log:
         video=snakemake.input.video, out_h5=snakemake.output[0], start_frame=frames["start"],
         max_frames=frames["max_frames"], stride=frames["stride"], offset=snakemake.params.offset,
         expected={k: sync[k] for k in ("width", "height")} | {"camera": snakemake.wildcards.camera},
-        camera=snakemake.wildcards.camera,
+        camera=snakemake.wildcards.camera, compression=frames["compression"],
     )
     log.info("extracted %d frames", n)
