@@ -73,5 +73,5 @@ def test_snakemake_report_bundles_the_report_and_qc_figures(demo_run, repo_root,
                        env={**os.environ, "MAMMAL_MOUSE_DIR": str(mammal_dir)})
     assert r.returncode == 0, r.stderr[-3000:]
     names = zipfile.ZipFile(out).namelist()
-    assert any(n.endswith("report.html") and "results" in n for n in names)
+    assert any(n.endswith("report.html") and "/data/raw/" in n for n in names)  # our report, bundled
     assert any(n.endswith("qc.png") for n in names) and any(n.endswith("chunk000_qc.png") for n in names)
