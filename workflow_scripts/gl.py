@@ -22,10 +22,11 @@ Why this module exists
 
 Platform choice: ``MOUSE_FACELIFT_GL`` (``egl``/``osmesa``) overrides; otherwise ``osmesa``
 (Mesa's llvmpipe software rasterizer, works everywhere, CPU only, the validated path).
-EGL is opt-in (``MOUSE_FACELIFT_GL=egl``) until it passes the render tests on NVIDIA: on an H100
-(2026-11-27, ``benchmarks/gpu_render_check.sh``) 16 of 26 render/synthetic tests passed, but
-closing one ``OffscreenRenderer`` terminated the EGL display shared by the others
-(EGL_NOT_INITIALIZED) and masks disagreed with the reference rasterization (IoU 0.92 < 0.99).
+EGL is opt-in (``MOUSE_FACELIFT_GL=egl``) until it passes the render tests on NVIDIA. On an H100
+(2026-11-27, ``benchmarks/gpu_render_check.sh``): closing one ``OffscreenRenderer`` terminated
+the EGL display shared by the others (EGL_NOT_INITIALIZED), fixed by :func:`_patch_egl_teardown`
+(16 -> 19 of 26 tests pass); still open: masks and colours differ from the reference
+rasterization (mask IoU 0.92 < 0.99, a single-pixel triangle not drawn).
 """
 from __future__ import annotations
 
@@ -109,7 +110,34 @@ def import_pyrender(platform: str | None = None) -> ModuleType:
     import pyrender  # noqa: PLC0415  (must come after setup_headless)
 
     _patch_shader_cache(pyrender)
+    _patch_egl_teardown(pyrender)
     return pyrender
+
+
+def _patch_egl_teardown(pyrender: ModuleType) -> None:
+    """Closing one EGL renderer must not break the others (idempotent).
+
+    pyrender's ``EGLPlatform.delete_context`` calls ``eglTerminate`` on its display, but
+    ``eglGetDisplay`` returns ONE display per device and process, shared by every renderer: the
+    first renderer closed terminates it for all the others (``EGL_NOT_INITIALIZED``, seen on an
+    H100). We destroy only the renderer's own context; the display lives until the process ends.
+    """
+    if os.environ.get("PYOPENGL_PLATFORM") != "egl":
+        return  # importing pyrender's EGL module loads OpenGL.EGL, which would switch PyOpenGL's platform
+    from pyrender.platforms import egl  # noqa: PLC0415
+
+    if getattr(egl.EGLPlatform, "_mouse_facelift_patch", False):
+        return
+
+    def delete_context(self) -> None:
+        from OpenGL.EGL import eglDestroyContext  # noqa: PLC0415
+
+        if self._egl_display is not None and self._egl_context is not None:
+            eglDestroyContext(self._egl_display, self._egl_context)
+        self._egl_context = None
+
+    egl.EGLPlatform.delete_context = delete_context
+    egl.EGLPlatform._mouse_facelift_patch = True
 
 
 def _context_address() -> object:
