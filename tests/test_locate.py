@@ -203,7 +203,7 @@ def test_run_locate_mouse_end_to_end_and_deterministic(tmp_path):
     np.testing.assert_allclose(table.loc[table["valid"], ["x", "y", "z"]].to_numpy(), X[table["valid"].to_numpy()], atol=1e-5)
     norm = load_normalization(out_norm)
     meta = json.loads(out_norm.read_text())
-    assert meta["summary"] == {"kept": N_FRAMES - 2, "too_few_cameras": 2}
+    assert meta["summary"] == {"kept": N_FRAMES - 2, "too_few_cameras": 2, "cameras_never_seeing_the_mouse": 0}
     np.testing.assert_array_equal(norm.up_raw, [0, 0, 1])
     first = out_csv.read_bytes(), out_norm.read_bytes()
     run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), params)
@@ -229,3 +229,20 @@ def test_bad_inputs(tmp_path):
     cj2, csvs2 = _write_inputs(tmp_path / "b", cams, {k: v.assign(valid=False) for k, v in qc.items()})
     with pytest.raises(InputError, match="no frame has a valid 3D centre"):
         run_locate_mouse(cj2, csvs2, *out, {})
+
+
+def test_a_camera_that_never_sees_the_mouse_is_named_and_left_out(tmp_path, caplog):
+    cams, X = ring(), truth_track()
+    qc = qc_tables(cams, X)
+    blind = cams[2].name
+    qc[blind]["valid"] = False
+    qc[blind]["area"] = 0
+    cj, csvs = _write_inputs(tmp_path, cams, qc)
+    out_csv, out_norm = tmp_path / "locate.csv", tmp_path / "normalization.json"
+    with caplog.at_level("WARNING"):
+        run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), {"min_cameras": 3})
+    assert any(csvs[blind] in r.getMessage() and "never sees the mouse" in r.getMessage() for r in caplog.records)
+    table = read_locate_table(out_csv)
+    assert table["valid"].all() and (table["n_cameras"] == len(cams) - 1).all()
+    np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), X, atol=1e-5)
+    assert json.loads(out_norm.read_text())["summary"]["cameras_never_seeing_the_mouse"] == 1

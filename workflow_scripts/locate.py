@@ -370,8 +370,14 @@ def run_locate_mouse(
         cam.validate(cameras_json)
     qc = {name: read_mask_qc(path) for name, path in mask_qc_csvs.items()}
     log.info("locate_mouse: %d cameras, %d mask QC tables", len(cams), len(qc))
+    blind = [name for name, df in qc.items() if not _as_bool(df["valid"]).any()]
+    for name in blind:
+        # Not fatal: the other cameras still locate the mouse; counted in the summary.
+        log.warning("%s: camera %s never sees the mouse (no valid mask in %d frames); it is left out. "
+                    "Fix: check that camera's video, masks and frame offset.", mask_qc_csvs[name], name, len(qc[name]))
     table = locate_track(cams, qc, p)
     summary = summarize(table)
+    summary["cameras_never_seeing_the_mouse"] = len(blind)
     log.info("locate_mouse: %d frames; %s", len(table), ", ".join(f"{k}={v}" for k, v in summary.items()))
     if summary.get("kept", 0) == 0:
         raise InputError(
