@@ -637,10 +637,17 @@ def run_training(config_dict: dict[str, Any] | None = None, out_dir: str | os.Pa
     if init_checkpoint is not None:
         d["init_checkpoint"] = str(init_checkpoint)
     final = train(TrainConfig.from_dict(d, source=source))
-    for produced, wanted in ((final, checkpoint_out), (Path(out_dir) / "log.csv", log_csv_out)):
+    publish_outputs(out_dir, checkpoint_out, log_csv_out)
+    return final
+
+
+def publish_outputs(out_dir: str | os.PathLike, checkpoint_out: str | os.PathLike | None = None,
+                    log_csv_out: str | os.PathLike | None = None) -> None:
+    """Make a finished run's ``out_dir/checkpoint.pt`` and ``out_dir/log.csv`` also appear at the
+    paths a caller (a Snakemake rule) names for them, when those are other paths."""
+    for produced, wanted in ((Path(out_dir) / "checkpoint.pt", checkpoint_out), (Path(out_dir) / "log.csv", log_csv_out)):
         if wanted is not None and Path(wanted).resolve() != produced.resolve():
             link_or_copy(produced, wanted)
-    return final
 
 
 def _parse_value(text: str) -> Any:

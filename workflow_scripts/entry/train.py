@@ -2,12 +2,10 @@ from workflow_scripts.entry._run import rule_logging
 
 with rule_logging(snakemake) as log:
     import sys
-    from pathlib import Path
 
     import torch
 
-    from model.checkpoint import link_or_copy
-    from model.train import PREEMPTED_EXIT_CODE, Preempted, run_training
+    from model.train import PREEMPTED_EXIT_CODE, Preempted, publish_outputs, run_training
     from workflow_scripts.launch import launch_training
 
     settings = dict(snakemake.params.train)
@@ -23,10 +21,7 @@ with rule_logging(snakemake) as log:
         if code != 0:
             log.error("training exited with code %d; rerun resumes from the last checkpoint", code)
             sys.exit(code)
-        for produced, wanted in ((Path(out_dir) / "checkpoint.pt", snakemake.output.checkpoint),
-                                 (Path(out_dir) / "log.csv", snakemake.output.log_csv)):
-            if Path(wanted).resolve() != produced.resolve():
-                link_or_copy(produced, wanted)
+        publish_outputs(out_dir, snakemake.output.checkpoint, snakemake.output.log_csv)
     else:
         if not torch.cuda.is_available():
             torch.set_num_threads(snakemake.threads)  # stay within the job's cores
