@@ -83,7 +83,8 @@ def make_batch(B: int, V: int, M: int, S: int, device: torch.device, seed: int =
 
 
 def bench_train(name: str, device: torch.device, args) -> dict:
-    over = {"num_input_views": args.views, "activation_checkpointing": args.activation_checkpointing}
+    over = {"num_input_views": args.views, "activation_checkpointing": args.activation_checkpointing,
+            "attention": args.attention}
     if args.image_size:
         over["image_size"] = args.image_size
     cfg = preset(name, **over)
@@ -117,7 +118,7 @@ def bench_train(name: str, device: torch.device, args) -> dict:
     dt = time.perf_counter() - t
     sps = B * args.steps / dt
     fps = flops_per_sample(cfg, args.views, S, training=True)
-    return {"preset": name, "image_size": S, "input_views": args.views, "supervision_views": args.supervision,
+    return {"preset": name, "attention": cfg.attention, "image_size": S, "input_views": args.views, "supervision_views": args.supervision,
             "batch_size": B, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "step_s": dt / args.steps, "samples_per_s": sps, "flops_per_sample": fps, "model_flops_per_s": fps * sps,
             "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
@@ -125,7 +126,7 @@ def bench_train(name: str, device: torch.device, args) -> dict:
 
 @torch.no_grad()
 def bench_latency(name: str, S: int | None, device: torch.device, args) -> dict:
-    over = {"num_input_views": 4}
+    over = {"num_input_views": 4, "attention": args.attention}
     if S:
         over["image_size"] = S
     cfg = preset(name, **over)
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--attention", default="sdpa", help="ModelConfig.attention: sdpa | cudnn | math")
     ap.add_argument("--latency-iters", type=int, default=20)
     ap.add_argument("--latency-warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True, help="JSON output path")
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['preset']} | {r['image_size']} | {r['input_views']}/{r['supervision_views']} | {r['batch_size']} | "
               f"{r['params_M']:.1f} | {r['step_s']:.3f} | {r['samples_per_s']:.2f} | {r['flops_per_sample'] / 1e12:.3f} | "
               f"{r['model_flops_per_s'] / 1e12:.2f} | {100 * r['mfu']:.1f}% | {mem} |")
-    print(f"\ninference ({lat['preset']}, {lat['views']} views, {lat['image_size']} px, {lat['dtype']}): "
+    print(f"\ninference ({lat['preset']}, attention {args.attention}, {lat['views']} views, {lat['image_size']} px, {lat['dtype']}): "
           f"forward {lat['forward_ms_median']:.1f} ms, forward + render 4 views {lat['forward_render4_ms_median']:.1f} ms "
           f"(median of {lat['iters']})")
     write_json(args.out, {"device": dev_name, "torch": torch.__version__, "matmul_peak": peak, "train": rows,

@@ -25,7 +25,7 @@ INPUT_CHANNELS = 9
 #: Raw values per Gaussian: xyz(3) + SH DC(3) + log-scale(3) + quaternion wxyz(4) + opacity(1).
 GAUSSIAN_CHANNELS = 14
 
-ATTENTION_BACKENDS = ("sdpa", "math")
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "math")
 
 
 @dataclass
@@ -46,8 +46,11 @@ class ModelConfig:
     opacity_bias: opacity = sigmoid(raw + opacity_bias) (FaceLift: -2.0).
     ln_eps: LayerNorm epsilon (PyTorch default, as FaceLift).
     init_std: std of the truncated-normal init of linear weights and global tokens.
-    attention: "sdpa" = torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient
-        kernels on GPU); "math" = explicit softmax(QK^T/sqrt(d))V (reference / debugging).
+    attention: "sdpa" = torch.nn.functional.scaled_dot_product_attention with PyTorch's own kernel
+        choice (flash / memory-efficient on GPU); "cudnn" = the same call with cuDNN's fused attention
+        tried first (faster on Hopper, see benchmarks/RESULTS.md), then flash, memory-efficient, math;
+        "math" = explicit softmax(QK^T/sqrt(d))V (reference / debugging). All three compute the same
+        function (tests/test_model_gslrm.py).
     activation_checkpointing: recompute each transformer block in backward (saves memory).
     """
 

@@ -20,11 +20,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from model.config import GAUSSIAN_CHANNELS, ModelConfig
 from model.gaussians import Gaussians, decode_gaussians
 from model.rays import input_from_rays, pixel_rays
+
+
+#: SDPA kernel order for ``attention="cudnn"``: cuDNN's fused attention first; every later entry is a
+#: fallback (CPU, unsupported shapes), so the call never fails for lack of a kernel.
+CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Patchify(nn.Module):
@@ -59,6 +65,9 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, L, head_dim]
         if self.backend == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)  # flash / mem-efficient kernels on GPU
+        elif self.backend == "cudnn":
+            with sdpa_kernel(CUDNN_FIRST, set_priority=True):
+                out = F.scaled_dot_product_attention(q, k, v)
         else:
             attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
             out = attn @ v

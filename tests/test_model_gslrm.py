@@ -147,9 +147,10 @@ def test_decode_formulas():
     torch.testing.assert_close(g.colors(), torch.clamp(SH_C0 * raw[..., 3:6] + 0.5, min=0))
 
 
-def test_sdpa_equals_math_attention_and_checkpointing_same_grads():
+@pytest.mark.parametrize("attention", ["sdpa", "cudnn"])
+def test_sdpa_equals_math_attention_and_checkpointing_same_grads(attention):
     torch.manual_seed(1)
-    cfg = preset("tiny", depth=2, image_size=16)
+    cfg = preset("tiny", depth=2, image_size=16, attention=attention)
     m1 = GSLRM(cfg)
     m2 = GSLRM(preset("tiny", depth=2, image_size=16, attention="math", activation_checkpointing=True))
     m2.load_state_dict(m1.state_dict())
@@ -233,3 +234,21 @@ def test_end_to_end_gradients_reach_every_parameter():
     for n, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
         assert p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", ["sdpa", "cudnn"])
+def test_gpu_attention_kernels_match_math_in_bf16(attention):
+    """The fused kernels (flash / cuDNN) compute the same attention as the explicit math path."""
+    torch.manual_seed(2)
+    dev = torch.device("cuda")
+    m1 = GSLRM(preset("tiny", depth=2, image_size=32, width=128, heads=2, attention=attention)).to(dev)
+    m2 = GSLRM(preset("tiny", depth=2, image_size=32, width=128, heads=2, attention="math")).to(dev)
+    m2.load_state_dict(m1.state_dict())
+    K, c2w = ring_cameras(4, 32)
+    img = torch.rand(1, 4, 3, 32, 32)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        g1 = m1(img.to(dev), K.to(dev), c2w.to(dev))
+        g2 = m2(img.to(dev), K.to(dev), c2w.to(dev))
+    torch.testing.assert_close(g1.means.float(), g2.means.float(), atol=2e-2, rtol=2e-2)
