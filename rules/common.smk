@@ -3,9 +3,14 @@ import os
 from pathlib import Path
 
 from workflow_scripts.config import validate
+from workflow_scripts.sample_sheet import merge_sessions
 
 # Validate against the JSON schema (fills in documented defaults; unknown keys are errors).
 config = validate(config, source="config.yaml / --config")
+
+# Your sessions: config `sessions:` plus the rows of `sample_sheet:` (read once, while the workflow
+# is parsed, so a bad sheet stops the run before any job). Empty: the demo recording.
+USER_SESSIONS = merge_sessions(config["sessions"], config["sample_sheet"])
 
 DEMO_SESSION = "demo"
 DEMO_DIR = "results/demo_recording"
@@ -22,8 +27,8 @@ wildcard_constraints:
 
 def sessions():
     """Session name -> session dict (videos, calibration, frame_offsets, masks)."""
-    if config["sessions"]:
-        return config["sessions"]
+    if USER_SESSIONS:
+        return USER_SESSIONS
     n = config["demo"]["num_cameras"]
     cams = [f"cam{i}" for i in range(1, n + 1)]
     return {
@@ -43,7 +48,7 @@ def cameras(session):
 def calibration_files(session):
     """The calibration's files (a folder counts as all its files) so edits trigger reruns."""
     path = sessions()[session]["calibration"]
-    if session == DEMO_SESSION and not config["sessions"]:
+    if session == DEMO_SESSION and not USER_SESSIONS:
         return [f"{DEMO_DIR}/calibration/hires_{c}_params.mat" for c in cameras(session)]
     p = Path(path)
     if p.is_dir():
@@ -98,7 +103,7 @@ def bench_path(rule_name, pattern=""):
 
 def demo_ground_truth():
     """The demo's ground truth (evaluation only); none for users' sessions."""
-    return [] if config["sessions"] else [f"{DEMO_DIR}/ground_truth.h5"]
+    return [] if USER_SESSIONS else [f"{DEMO_DIR}/ground_truth.h5"]
 
 
 def train_resources(stage):
