@@ -20,7 +20,7 @@ import numpy as np
 import trimesh
 
 from workflow_scripts.body_model import load_body_model
-from workflow_scripts.gl import import_pyrender
+from workflow_scripts.gl import FRAMEBUFFER_SAMPLES, import_pyrender, set_framebuffer_samples
 from workflow_scripts.poses import PoseSampler
 from workflow_scripts.render import CV_TO_GL, MeshRenderer, textured_trimesh
 from workflow_scripts.synthetic import (TEXTURE_V_FROM_TOP, SyntheticConfig, jitter_texture, make_sample,
@@ -31,6 +31,7 @@ def bare_pyrender(samples: list[dict], model, size: int) -> float:
     """Seconds to render every sample's views with a minimal pyrender loop (same visuals)."""
     pr = import_pyrender()
     r = pr.OffscreenRenderer(size, size)
+    set_framebuffer_samples(r, FRAMEBUFFER_SAMPLES)  # the framebuffer MeshRenderer renders into (fair)
     total = 0.0
     for s in samples:
         v = s["vertices"].astype(np.float64)

@@ -103,3 +103,56 @@ def test_shader_programs_are_cached_between_renders():
     """)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == 1
+
+
+def test_framebuffer_is_single_sample_with_pixel_centre_coverage():
+    """gl._patch_framebuffer: OSMesa renders through pyrender's framebuffer object too, single-sample
+    by default, so coverage and depth are taken at the pixel centre (docs/conventions.md).
+
+    A triangle centred on pixel (20, 20)'s centre with circumradius 0.3 px covers that centre but
+    none of the 4x-MSAA sample positions (0.395 px from it): drawn single-sample, missed with
+    4 samples (pyrender's own setting, what EGL used), which shows that the setting reaches the
+    buffer the driver draws into. A vertical edge at x = 10.45 leaves pixel 10's centre (10.5)
+    uncovered, but not MSAA sample 0 (x = 10.375), which pyrender's depth resolve keeps.
+    Without the patch OSMesa draws into its own buffer (``framebuffer_samples`` is None).
+    """
+    r = _run("""
+        import numpy as np, trimesh
+        from workflow_scripts import gl
+        pr = gl.import_pyrender("osmesa")
+        f, z = 100.0, 2.0
+        def P(u, v):  # pixel (u, v) at depth z -> pyrender camera coordinates (y up, looking down -z)
+            return [(u - 16) / f * z, -(v - 16) / f * z, -z]
+        ang = np.radians([90.0, 210.0, 330.0])
+        tri = [P(20.5 + 0.3 * np.cos(a), 20.5 + 0.3 * np.sin(a)) for a in ang]
+        edge = [P(-5, -5), P(10.45, -5), P(10.45, 40), P(-5, 40)]
+        mesh = trimesh.Trimesh(np.array(tri + edge), [[0, 1, 2], [3, 4, 5], [3, 5, 6]], process=False)
+        scene = pr.Scene(bg_color=[0, 0, 0, 1])
+        scene.add(pr.Mesh.from_trimesh(mesh))
+        scene.add(pr.IntrinsicsCamera(f, f, 16, 16, znear=0.5, zfar=10.0), pose=np.eye(4))
+        renderer = pr.OffscreenRenderer(32, 32)
+        print("before", gl.framebuffer_samples(renderer))
+        for n in (None, 4, 1):  # None = the default; then switch the same renderer back and forth
+            if n is not None:
+                gl.set_framebuffer_samples(renderer, n)
+            rgb, depth = renderer.render(scene, flags=pr.RenderFlags.SKIP_CULL_FACES)
+            print(n, gl.framebuffer_samples(renderer), int(depth[20, 20] > 0), int((depth[12:30, 12:30] > 0).sum()),
+                  int(depth[5, 10] > 0), int(depth[5, 9] > 0))
+        try:
+            gl.set_framebuffer_samples(renderer, 0)
+        except ValueError:
+            print("rejected 0")
+        gl.import_pyrender("osmesa")  # idempotent
+        print("patched", pr.renderer.Renderer._configure_main_framebuffer is gl._configure_main_framebuffer)
+    """)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "before None"  # no framebuffer before the first render
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:4]}
+    # columns: GL samples (0 = single-sample storage; None = pyrender's framebuffer not used),
+    # triangle at its pixel, triangle pixels in its neighbourhood, edge pixel 10 (centre
+    # uncovered), edge pixel 9 (fully covered)
+    assert rows["None"] == ["0", "1", "1", "0", "1"]
+    assert rows["1"] == ["0", "1", "1", "0", "1"]
+    assert rows["4"] == ["4", "0", "0", "1", "1"]
+    assert lines[4:] == ["rejected 0", "patched True"]

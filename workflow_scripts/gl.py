@@ -19,6 +19,24 @@ Why this module exists
   hits and pyrender recompiles its shaders on every ``render()`` (~7 ms per view, a quarter of the
   render time at 256 px). :func:`import_pyrender` makes pyrender's cache key the context's
   address (an int) instead (:func:`_patch_shader_cache`).
+* Masks and depth must come from the pixel centre (docs/conventions.md), on every platform.
+  pyrender renders offscreen in two different ways: with EGL into its own framebuffer object
+  with **4x multisampling** (``Renderer._configure_main_framebuffer``), resolved by
+  ``glBlitFramebuffer`` (colour averaged over the samples, depth ``GL_NEAREST``, which keeps ONE
+  sample, not the pixel centre); with OSMesa (``supports_framebuffers() == False``) straight into
+  OSMesa's single-sample buffer. Forced through the 4x framebuffer, llvmpipe keeps sample 0, at
+  (0.375, 0.875) px from the pixel's top-left corner, and fails exactly the 7 render/synthetic
+  tests that failed under EGL on an H100 (mouse mask IoU 0.92 at 256 px, a triangle covering
+  only a pixel centre missed, edge colours blended outside the mask, depth 275 compared pixels):
+  so masks were shifted by a fraction of a pixel. :func:`_patch_framebuffer` makes both platforms
+  render through pyrender's framebuffer object (one code path, testable on CPU) and makes its
+  sample count a setting, :data:`FRAMEBUFFER_SAMPLES` = 1 (single-sample: coverage, depth and
+  colour all at the pixel centre). RGB is single-sample too: MSAA colour would need a second
+  render per view for the pixel-centre truth (the synthetic job must stay >= 0.8 of bare
+  pyrender; 4x MSAA alone costs llvmpipe ~3x per view), and single-sample is what the validated
+  OSMesa path always produced (same RGB and masks byte for byte, depth within 1.5e-6: float rounding). So colour
+  edges are aliased (no partial-coverage blending). :func:`set_framebuffer_samples` changes it
+  per renderer, for diagnostics (``benchmarks/egl_diagnose.py``).
 
 Platform choice: ``MOUSE_FACELIFT_GL`` (``egl``/``osmesa``) overrides; otherwise ``osmesa``
 (Mesa's llvmpipe software rasterizer, works everywhere, CPU only, the validated path).
@@ -26,7 +44,9 @@ EGL is opt-in (``MOUSE_FACELIFT_GL=egl``) until it passes the render tests on NV
 (2026-11-27, ``benchmarks/gpu_render_check.sh``): closing one ``OffscreenRenderer`` terminated
 the EGL display shared by the others (EGL_NOT_INITIALIZED), fixed by :func:`_patch_egl_teardown`
 (16 -> 19 of 26 tests pass); still open: masks and colours differ from the reference
-rasterization (mask IoU 0.92 < 0.99, a single-pixel triangle not drawn).
+rasterization (mask IoU 0.92 < 0.99, a single-pixel triangle not drawn), traced to 4x MSAA and
+addressed by :func:`_patch_framebuffer` (reproduced and fixed under llvmpipe; to be confirmed on
+the GPU with ``benchmarks/gpu_render_check.sh``).
 """
 from __future__ import annotations
 
@@ -40,6 +60,10 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 
 ENV_OVERRIDE = "MOUSE_FACELIFT_GL"
+# Samples per pixel of pyrender's offscreen framebuffer (module docstring). 1 = single-sample:
+# masks, depth and colour at the pixel centre; > 1 = MSAA (colour edges smoothed, but depth and
+# mask then come from one sample that is not at the pixel centre).
+FRAMEBUFFER_SAMPLES = 1
 PLATFORMS = ("egl", "osmesa")
 # PyOpenGL platform class name -> PYOPENGL_PLATFORM value.
 _PYOPENGL_CLASSES = {"EGLPlatform": "egl", "OSMesaPlatform": "osmesa", "GLXPlatform": "glx",
@@ -111,7 +135,95 @@ def import_pyrender(platform: str | None = None) -> ModuleType:
 
     _patch_shader_cache(pyrender)
     _patch_egl_teardown(pyrender)
+    _patch_framebuffer(pyrender)
     return pyrender
+
+
+def set_framebuffer_samples(renderer, samples: int) -> None:
+    """Samples per pixel of one ``pyrender.OffscreenRenderer``'s framebuffer (1 = single-sample).
+
+    Takes effect at the next render (the framebuffer is rebuilt when the setting changes). Values
+    > 1 are diagnostics only: the pipeline's masks and depth need single-sample rendering.
+    """
+    samples = int(samples)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1 (1 = single-sample), got {samples}")
+    renderer._renderer.framebuffer_samples = samples
+
+
+def framebuffer_samples(renderer) -> int | None:
+    """Samples per pixel of the colour buffer a ``pyrender.OffscreenRenderer`` draws into, as the
+    GL driver reports it (``GL_RENDERBUFFER_SAMPLES``: 0 = single-sample storage, else the count
+    the driver allocated); None before its first render."""
+    from OpenGL import GL  # noqa: PLC0415
+
+    inner = renderer._renderer
+    if inner is None or inner._main_cb_ms is None:
+        return None
+    renderer._platform.make_current()
+    try:
+        GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, int(inner._main_cb_ms))
+        return int(GL.glGetRenderbufferParameteriv(GL.GL_RENDERBUFFER, GL.GL_RENDERBUFFER_SAMPLES))
+    finally:
+        GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, 0)
+        renderer._platform.make_uncurrent()
+
+
+def _patch_framebuffer(pyrender: ModuleType) -> None:
+    """Offscreen rendering through pyrender's framebuffer object with a configurable sample count
+    on every platform (idempotent; why: module docstring).
+
+    Replaces ``Renderer._configure_main_framebuffer`` (pyrender 0.1.45 hard-codes 4 samples) by
+    one that allocates ``self.framebuffer_samples`` samples (class default
+    :data:`FRAMEBUFFER_SAMPLES`; 1 allocates plain single-sample storage) and rebuilds the
+    buffers when the size or the setting changes. pyrender's ``_read_main_framebuffer`` is kept:
+    its blits become plain copies when single-sample. OSMesa is told it supports framebuffers so
+    it takes the same path as EGL.
+    """
+    renderer_cls = pyrender.renderer.Renderer
+    if getattr(renderer_cls, "_mouse_facelift_fb_patch", False):
+        return
+    renderer_cls.framebuffer_samples = FRAMEBUFFER_SAMPLES
+    renderer_cls._configure_main_framebuffer = _configure_main_framebuffer
+    renderer_cls._mouse_facelift_fb_patch = True
+    if os.environ.get("PYOPENGL_PLATFORM") == "osmesa":  # importing it under EGL would load OpenGL.osmesa
+        from pyrender.platforms import osmesa  # noqa: PLC0415
+
+        osmesa.OSMesaPlatform.supports_framebuffers = lambda self: True
+
+
+def _configure_main_framebuffer(self) -> None:
+    """(Re)create pyrender's offscreen framebuffers: ``_main_fb_ms`` (drawn into, with
+    ``self.framebuffer_samples`` samples) and ``_main_fb`` (single-sample, read back), each with
+    an RGBA8 colour and a 24-bit depth renderbuffer. Same names and formats as pyrender's own."""
+    from OpenGL import GL  # noqa: PLC0415
+
+    samples = max(int(self.framebuffer_samples), 1)
+    key = (self.viewport_width, self.viewport_height, samples)
+    if self._main_fb is not None and getattr(self, "_mouse_facelift_fb_key", None) != key:
+        self._delete_main_framebuffer()
+    if self._main_fb is not None:
+        return
+    w, h = self.viewport_width, self.viewport_height
+
+    def framebuffer(n_samples: int) -> tuple[int, int, int]:
+        color, depth = GL.glGenRenderbuffers(2)
+        for rb, fmt in ((color, GL.GL_RGBA), (depth, GL.GL_DEPTH_COMPONENT24)):
+            GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, rb)
+            if n_samples > 1:
+                GL.glRenderbufferStorageMultisample(GL.GL_RENDERBUFFER, n_samples, fmt, w, h)
+            else:  # not "multisample with 1 sample": that may still use a non-centre sample position
+                GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, fmt, w, h)
+        fb = GL.glGenFramebuffers(1)
+        GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, fb)
+        GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_RENDERBUFFER, color)
+        GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, depth)
+        return fb, color, depth
+
+    self._main_fb, self._main_cb, self._main_db = framebuffer(1)
+    self._main_fb_ms, self._main_cb_ms, self._main_db_ms = framebuffer(samples)
+    self._main_fb_dims = (w, h)
+    self._mouse_facelift_fb_key = key
 
 
 def _patch_egl_teardown(pyrender: ModuleType) -> None:

@@ -65,7 +65,9 @@ class RenderOutput:
 
     rgb: uint8 [H, W, 3]. depth: float32 [H, W], camera z (OpenCV, world units) of the visible
     mouse surface, 0 where the mouse is not visible. mask: bool [H, W], mouse pixels only
-    (pixels where an extra mesh, e.g. an arena wall, hides the mouse are False).
+    (pixels where an extra mesh, e.g. an arena wall, hides the mouse are False). All three are
+    taken at the pixel centre (single-sample framebuffer, :mod:`workflow_scripts.gl`), so colour
+    edges are aliased and mask/depth agree with a pixel-centre rasterization (tests/test_render.py).
     """
 
     rgb: np.ndarray
