@@ -98,6 +98,7 @@ rule locate_mouse:
     input:
         cameras="results/calibration/{session}/cameras.json",
         qc=lambda w: expand("results/masks/{{session}}/{camera}_qc.csv", camera=cameras(w.session)),
+        masks=lambda w: expand("results/masks/{{session}}/{camera}.h5", camera=cameras(w.session)),
     output:
         centers="results/locate/{session}/centers.csv",
         normalization="results/locate/{session}/normalization.json",

@@ -4,6 +4,11 @@ Per frame, the mask centroids of the cameras whose mask passed QC are triangulat
 (:mod:`workflow_scripts.triangulate`, weight ``sqrt(area)``, times ``border_weight`` when the mask
 touches the image border), outlier cameras are rejected, and frames seen by fewer than
 ``min_cameras`` cameras or with a residual above ``max_residual_px`` are dropped with a reason.
+With ``center = "visual_hull"`` (default, when the masks themselves are given) the kept frames'
+centre is then refined to the surface centroid of the visual hull carved from the masks of the
+cameras the triangulation used (:mod:`workflow_scripts.visual_hull`): a mask centroid is not the
+projection of the 3D centre, so triangulated centroids sit 2-5 mm from the body's surface
+centroid on the demo recording, the hull's centroid about 1.3 mm (docs/preprocessing_bars.md).
 The kept track is smoothed (Savitzky-Golay) within runs of consecutive kept frames only, so
 nothing is interpolated across dropped frames.
 
@@ -18,8 +23,9 @@ import dataclasses
 import json
 import logging
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,14 +36,18 @@ from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.cameras import Camera, cameras_from_json
 from workflow_scripts.errors import InputError
 from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
+from workflow_scripts.visual_hull import hull_center
 
 log = logging.getLogger(__name__)
 
 QC_COLUMNS = ("frame_index", "area", "centroid_x", "centroid_y", "touches_border", "valid")
 OUT_COLUMNS = (
-    "frame_index", "x", "y", "z", "x_raw", "y_raw", "z_raw", "n_cameras",
+    "frame_index", "x", "y", "z", "x_raw", "y_raw", "z_raw", "tri_x", "tri_y", "tri_z", "center_method", "n_cameras",
     "residual_px_median", "residual_px_max", "valid", "reason", "rejected_cameras",
 )
+CENTER_METHODS = ("visual_hull", "triangulation")
+#: camera name, frame index -> that camera's mask [H, W] (nonzero = mouse) for the frame.
+MaskSource = Callable[[str, int], np.ndarray]
 _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 
 
@@ -55,6 +65,10 @@ class LocateParams:
     camera_distance: mean camera-to-centre distance in normalized units.
     metric_scale: normalized units per raw unit; overrides camera_distance when set.
     up_snap_deg: "auto" snaps to the nearest signed axis when within this angle (0 = never).
+    center: "visual_hull" (refine each kept frame's centre to the masks' visual-hull surface
+        centroid) or "triangulation" (the triangulated mask centroids).
+    hull_resolution: fine hull cells along its longest side (voxel = mouse length / this).
+    hull_max_misses: masks a hull voxel may fall outside of (0 = strict intersection).
     """
 
     min_cameras: int = 3
@@ -66,6 +80,9 @@ class LocateParams:
     camera_distance: float = 2.7
     metric_scale: float | None = None
     up_snap_deg: float = 10.0
+    center: str = "visual_hull"
+    hull_resolution: int = 64
+    hull_max_misses: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, source: str = "config locate") -> "LocateParams":
@@ -81,6 +98,10 @@ class LocateParams:
             raise InputError(f"{source}: max_residual_px, camera_distance and metric_scale must be positive. Fix the config.")
         if p.up != "auto":
             _up_vector_from_name(p.up, source)
+        if p.center not in CENTER_METHODS:
+            raise InputError(f"{source}: center = {p.center!r}; expected one of {CENTER_METHODS}. Fix the config.")
+        if int(p.hull_resolution) < 8 or int(p.hull_max_misses) < 0:
+            raise InputError(f"{source}: hull_resolution must be >= 8 and hull_max_misses >= 0. Fix the config.")
         return p
 
 
@@ -264,16 +285,21 @@ def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: in
     return out
 
 
-def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams) -> pd.DataFrame:
-    """Per-frame 3D centre from mask centroids.
+def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams,
+                 masks: MaskSource | None = None) -> pd.DataFrame:
+    """Per-frame 3D centre from mask centroids, refined by the visual hull when masks are given.
 
     Args:
         cameras: C cameras (R, t world-to-camera) in raw world units.
         qc: camera name -> mask QC DataFrame (columns :data:`QC_COLUMNS`; centroids in continuous
             corner-origin pixels). Cameras without a table never count as seeing the mouse.
+        params: settings; ``params.center == "visual_hull"`` needs ``masks``.
+        masks: (camera name, frame index) -> mask [H, W]; None = triangulation only.
     Returns:
         DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
-        smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame triangulation.
+        smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame centre before
+        smoothing, tri_x.. the triangulated mask centroids, center_method how x_raw was found
+        ("visual_hull", or "triangulation" also when the hull came out empty).
     """
     names = [c.name for c in cameras]
     unknown = sorted(set(qc) - set(names))
@@ -306,30 +332,48 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
     res_max = np.full(T, np.nan)
     reasons = [""] * T
     rejected = [""] * T
+    used_cams = np.zeros((T, C), dtype=bool)
     for i in tqdm(range(T), desc="locate_mouse", unit="frame", mininterval=2.0):
         r = triangulate_robust(uv[i], rig, w[i], params.min_cameras, params.max_residual_px, xn=xn[i])
         reasons[i] = r.reason
         X_raw[i] = r.X
         n_cams[i] = int(r.used_mask.sum())
+        used_cams[i] = r.used_mask
         seen = np.all(np.isfinite(uv[i]), axis=-1) & (w[i] > 0)
         rejected[i] = ";".join(names[c] for c in np.flatnonzero(seen & ~r.used_mask)) if r.reason == "" or r.reason.startswith("residual") else ""
         if r.used_mask.any() and np.all(np.isfinite(r.X)):
             used_res = r.residuals[r.used_mask]
             res_med[i], res_max[i] = float(np.median(used_res)), float(np.max(used_res))
     keep = np.array([s == "" for s in reasons], dtype=bool)
+    X_tri = X_raw.copy()
+    method = np.full(T, "triangulation", dtype=object)
+    if params.center == "visual_hull" and masks is not None:
+        for i in tqdm(np.flatnonzero(keep), desc="locate_mouse: visual hull", unit="frame", mininterval=2.0):
+            used = used_cams[i]
+            votes = [masks(n, int(frames[i])) if used[c] else None for c, n in enumerate(names)]
+            X_hull, _ = hull_center(cameras, votes, X_tri[i], fine=params.hull_resolution, max_misses=params.hull_max_misses)
+            if np.all(np.isfinite(X_hull)):
+                X_raw[i], method[i] = X_hull, "visual_hull"
+        n_empty = int(np.sum(keep & (method != "visual_hull")))
+        if n_empty:
+            log.warning("locate_mouse: visual hull empty in %d kept frames (masks disagree); their centre stays triangulated", n_empty)
     X_s = smooth_track(np.where(keep[:, None], X_raw, np.nan), keep, frames, params.smooth_window, params.smooth_polyorder)
     return pd.DataFrame({
         "frame_index": frames, "x": X_s[:, 0], "y": X_s[:, 1], "z": X_s[:, 2],
-        "x_raw": X_raw[:, 0], "y_raw": X_raw[:, 1], "z_raw": X_raw[:, 2], "n_cameras": n_cams,
+        "x_raw": X_raw[:, 0], "y_raw": X_raw[:, 1], "z_raw": X_raw[:, 2],
+        "tri_x": X_tri[:, 0], "tri_y": X_tri[:, 1], "tri_z": X_tri[:, 2], "center_method": method, "n_cameras": n_cams,
         "residual_px_median": res_med, "residual_px_max": res_max, "valid": keep, "reason": reasons,
         "rejected_cameras": rejected,
     }, columns=list(OUT_COLUMNS))
 
 
+_TEXT_COLUMNS = ("reason", "rejected_cameras", "center_method")
+
+
 def read_locate_table(path: str | Path) -> pd.DataFrame:
     """Read the CSV written by :func:`run_locate_mouse` (empty reason strings stay "")."""
     try:
-        df = pd.read_csv(path, keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in OUT_COLUMNS if c not in ("reason", "rejected_cameras")})
+        df = pd.read_csv(path, keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in OUT_COLUMNS if c not in _TEXT_COLUMNS})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: cannot read locate table ({exc}). Fix: rerun locate_mouse.") from exc
     missing = [c for c in OUT_COLUMNS if c not in df.columns]
@@ -345,14 +389,42 @@ def summarize(table: pd.DataFrame) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _mask_source(stack: ExitStack, masks_h5: Mapping[str, str], cams: Sequence[Camera]) -> MaskSource:
+    """(camera, frame index) -> mask [H, W] read from the masks rule's HDF5 files (opened in ``stack``)."""
+    from workflow_scripts.real_shards import _open_per_camera  # noqa: PLC0415  (real_shards imports this module)
+
+    names = [c.name for c in cams]
+    files = _open_per_camera(dict(masks_h5), names, "masks", "masks")
+    rows = {}
+    for cam in cams:
+        f = files[cam.name]
+        stack.callback(f.close)
+        if tuple(f["masks"].shape[1:3]) != (cam.height, cam.width):
+            raise InputError(f"{f.filename}: masks {f['masks'].shape[1:3]} do not match camera {cam.name!r} size "
+                             f"{cam.height}x{cam.width}. Fix: check the calibration or rerun the masks rule.")
+        rows[cam.name] = {int(v): i for i, v in enumerate(f["frame_index"][:])}
+
+    def read(name: str, frame_index: int) -> np.ndarray:
+        row = rows[name].get(int(frame_index))
+        if row is None:
+            raise InputError(f"{files[name].filename}: no mask for frame {frame_index} although its QC table lists it. "
+                             "Fix: rerun the masks rule.")
+        return files[name]["masks"][row]
+
+    return read
+
+
 def run_locate_mouse(
     cameras_json: str, mask_qc_csvs: Mapping[str, str], out_csv: str, out_normalization_json: str, params: Mapping[str, Any] | None,
+    masks_h5: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """The locate_mouse job: cameras JSON + per-camera mask QC CSVs -> QC table CSV + normalization JSON.
+    """The locate_mouse job: cameras JSON + per-camera mask QC CSVs (+ masks) -> QC table CSV + normalization JSON.
 
     Args:
         cameras_json: canonical cameras JSON (docs/conventions.md; R, t world-to-camera).
         mask_qc_csvs: camera name -> mask QC CSV path.
+        masks_h5: camera name -> masks HDF5 of the masks rule; needed for ``center: visual_hull``
+            (without it the centre is the triangulated mask centroids).
         out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
         out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
             the per-frame ``norm_from_raw`` is ``norm_from_raw(norm, (x, y, z) of that frame)``.
@@ -375,8 +447,11 @@ def run_locate_mouse(
         # Not fatal: the other cameras still locate the mouse; counted in the summary.
         log.warning("%s: camera %s never sees the mouse (no valid mask in %d frames); it is left out. "
                     "Fix: check that camera's video, masks and frame offset.", mask_qc_csvs[name], name, len(qc[name]))
-    table = locate_track(cams, qc, p)
+    with ExitStack() as stack:
+        masks = _mask_source(stack, masks_h5, cams) if masks_h5 and p.center == "visual_hull" else None
+        table = locate_track(cams, qc, p, masks)
     summary = summarize(table)
+    summary["centre_from_visual_hull"] = int((table["center_method"] == "visual_hull").sum())
     summary["cameras_never_seeing_the_mouse"] = len(blind)
     log.info("locate_mouse: %d frames; %s", len(table), ", ".join(f"{k}={v}" for k, v in summary.items()))
     if summary.get("kept", 0) == 0:

@@ -5,7 +5,8 @@ with rule_logging(snakemake) as log:
 
     qc = dict(zip(snakemake.params.cameras, snakemake.input.qc))
     params = {**snakemake.params.locate, **snakemake.params.normalize}
-    run_locate_mouse(snakemake.input.cameras, qc, snakemake.output.centers, snakemake.output.normalization, params)
+    masks = dict(zip(snakemake.params.cameras, snakemake.input.masks))
+    run_locate_mouse(snakemake.input.cameras, qc, snakemake.output.centers, snakemake.output.normalization, params, masks)
 
     from workflow_scripts.qc_plots import plot_locate_qc
 
