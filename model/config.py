@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from workflow_scripts.errors import InputError
+from workflow_scripts.errors import InputError, reject_unknown_keys
 
 #: Channels of the pixel-aligned input: RGB*2-1, ray direction d, ray point nearest the origin.
 INPUT_CHANNELS = 9
@@ -114,12 +114,7 @@ class ModelConfig:
         """
         d = dict(d)
         base = d.pop("preset", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(
-                f"{source}: unknown model setting(s) {unknown}. Fix: remove them or use one of {sorted(known)}."
-            )
+        reject_unknown_keys(d, cls, source, "model")
         if base is not None:
             return preset(str(base), source=source, **d)
         try:
@@ -144,8 +139,5 @@ def preset(name: str, source: str = "model config", **overrides: Any) -> ModelCo
     """Return the preset ``name`` ("tiny", "base", "facelift") with ``overrides`` applied."""
     if name not in _PRESETS:
         raise InputError(f"{source}: unknown model preset {name!r}. Fix: use one of {list(_PRESETS)}.")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise InputError(f"{source}: unknown model setting(s) {unknown}. Fix: remove them or use one of {sorted(known)}.")
+    reject_unknown_keys(overrides, ModelConfig, source, "model")
     return ModelConfig(**{**_PRESETS[name], **overrides})

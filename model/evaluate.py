@@ -59,7 +59,7 @@ from model.ply import PlyFilter, save_ply
 from model.renderer import render
 from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.cameras import look_at_c2w
-from workflow_scripts.errors import InputError
+from workflow_scripts.errors import InputError, reject_unknown_keys
 from workflow_scripts.shards import open_shard, read_sample
 
 VIEW_METRICS = ("psnr_fg", "ssim_fg", "mask_iou", "psnr", "ssim", "lpips", "depth_abs_rel", "depth_abs_body")
@@ -112,10 +112,7 @@ class EvalParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalParams":
         d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"evaluate params: unknown setting(s) {unknown}. Fix: use some of {sorted(known)}.")
+        reject_unknown_keys(d, cls, "evaluate params", "evaluate")
         if isinstance(d.get("surface"), dict):
             d["surface"] = M.SurfaceMetricsParams(**d["surface"])
         if "background" in d:

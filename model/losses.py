@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workflow_scripts.errors import InputError
+from workflow_scripts.errors import InputError, reject_unknown_keys
 
 from model.renderer import RenderOutput
 
@@ -73,10 +73,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "loss config") -> "LossConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"{source}: unknown loss setting(s) {unknown}. Fix: use only {sorted(known)}.")
+        reject_unknown_keys(d, cls, source, "loss")
         return cls(**d)
 
 

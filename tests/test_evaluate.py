@@ -170,7 +170,7 @@ def test_report_from_real_eval_dir(setup, tmp_path):
 def test_bad_inputs(setup, tmp_path):
     with pytest.raises(InputError, match="not a real shard"):
         run_evaluate(setup["ckpt"], [], [setup["syn"]], tmp_path / "x", EvalParams(turntable_frames=0))
-    with pytest.raises(InputError, match="unknown setting"):
+    with pytest.raises(InputError, match="unknown evaluate setting"):
         EvalParams.from_dict({"bogus": 1})
     torch.save({"model": {}}, tmp_path / "noconfig.pt")
     with pytest.raises(InputError, match="noconfig.pt"):

@@ -220,7 +220,7 @@ def test_bad_inputs(tmp_path):
     pd.read_csv(csvs["cam2"]).drop(columns=["area"]).to_csv(csvs["cam2"], index=False)
     with pytest.raises(InputError, match=r"cam2_mask_qc.csv.*area"):
         run_locate_mouse(cj, csvs, *out, {})
-    with pytest.raises(InputError, match="unknown locate settings"):
+    with pytest.raises(InputError, match="unknown locate setting"):
         run_locate_mouse(cj, csvs, *out, {"smoothing": 3})
     with pytest.raises(InputError, match="min_cameras"):
         LocateParams.from_dict({"min_cameras": 1})

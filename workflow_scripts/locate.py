@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.cameras import Camera, cameras_from_json
-from workflow_scripts.errors import InputError
+from workflow_scripts.errors import InputError, reject_unknown_keys
 from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
 from workflow_scripts.visual_hull import hull_center
 
@@ -87,10 +87,7 @@ class LocateParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, source: str = "config locate") -> "LocateParams":
         d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"{source}: unknown locate settings {unknown}; known: {sorted(known)}. Fix the config.")
+        reject_unknown_keys(d, cls, source, "locate")
         p = cls(**d)
         if int(p.min_cameras) < 2:
             raise InputError(f"{source}: min_cameras = {p.min_cameras}, must be >= 2. Fix the config.")
