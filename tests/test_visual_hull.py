@@ -115,3 +115,18 @@ def test_empty_hull_keeps_triangulated_centre(scene):
     table = locate_track(cams, qc, LocateParams(smooth_window=1), masks=lambda name, f: shifted[[c.name for c in cams].index(name)])
     assert table["valid"].tolist() == [True] and table["center_method"].tolist() == ["triangulation"]
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), table[["tri_x", "tri_y", "tri_z"]].to_numpy())
+
+
+def test_parallel_carving_gives_identical_centres(scene):
+    cams, masks, _ = scene
+    frames = np.arange(5)
+    qc = {}
+    for cam, m in zip(cams, masks):
+        ys, xs = np.nonzero(m)
+        qc[cam.name] = pd.DataFrame({"frame_index": frames, "area": float(len(xs)), "centroid_x": xs.mean() + 0.5 + frames * 0.2,
+                                     "centroid_y": ys.mean() + 0.5, "touches_border": False, "valid": True})
+    src = lambda name, f: masks[[c.name for c in cams].index(name)]  # noqa: E731
+    one = locate_track(cams, qc, LocateParams(smooth_window=1), masks=src, threads=1)
+    three = locate_track(cams, qc, LocateParams(smooth_window=1), masks=src, threads=3)
+    pd.testing.assert_frame_equal(one, three)
+    assert (one["center_method"] == "visual_hull").all()

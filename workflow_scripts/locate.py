@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -283,7 +284,7 @@ def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: in
 
 
 def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams,
-                 masks: MaskSource | None = None) -> pd.DataFrame:
+                 masks: MaskSource | None = None, threads: int = 1) -> pd.DataFrame:
     """Per-frame 3D centre from mask centroids, refined by the visual hull when masks are given.
 
     Args:
@@ -292,6 +293,7 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
             corner-origin pixels). Cameras without a table never count as seeing the mouse.
         params: settings; ``params.center == "visual_hull"`` needs ``masks``.
         masks: (camera name, frame index) -> mask [H, W]; None = triangulation only.
+        threads: frames carved in parallel (NumPy releases the GIL in the carving's array work).
     Returns:
         DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
         smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame centre before
@@ -345,12 +347,22 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
     X_tri = X_raw.copy()
     method = np.full(T, "triangulation", dtype=object)
     if params.center == "visual_hull" and masks is not None:
-        for i in tqdm(np.flatnonzero(keep), desc="locate_mouse: visual hull", unit="frame", mininterval=2.0):
-            used = used_cams[i]
-            votes = [masks(n, int(frames[i])) if used[c] else None for c, n in enumerate(names)]
-            X_hull, _ = hull_center(cameras, votes, X_tri[i], fine=params.hull_resolution, max_misses=params.hull_max_misses)
-            if np.all(np.isfinite(X_hull)):
-                X_raw[i], method[i] = X_hull, "visual_hull"
+        def centre(i: int, votes: list) -> np.ndarray:
+            return hull_center(cameras, votes, X_tri[i], fine=params.hull_resolution, max_misses=params.hull_max_misses)[0]
+
+        kept = np.flatnonzero(keep)
+        batch = 8 * max(1, threads)  # masks of a bounded number of frames in memory at once
+        with ThreadPoolExecutor(max(1, threads)) as pool, tqdm(total=len(kept), desc="locate_mouse: visual hull", unit="frame", mininterval=2.0) as bar:
+            for start in range(0, len(kept), batch):
+                idx = kept[start:start + batch]
+                # masks are read here, in one thread (h5py serializes reads anyway); carving runs in the pool
+                jobs = [pool.submit(centre, i, [masks(n, int(frames[i])) if used_cams[i, c] else None for c, n in enumerate(names)])
+                        for i in idx]
+                for i, job in zip(idx, jobs):
+                    X_hull = job.result()
+                    if np.all(np.isfinite(X_hull)):
+                        X_raw[i], method[i] = X_hull, "visual_hull"
+                bar.update(len(idx))
         n_empty = int(np.sum(keep & (method != "visual_hull")))
         if n_empty:
             log.warning("locate_mouse: visual hull empty in %d kept frames (masks disagree); their centre stays triangulated", n_empty)
@@ -413,7 +425,7 @@ def _mask_source(stack: ExitStack, masks_h5: Mapping[str, str], cams: Sequence[C
 
 def run_locate_mouse(
     cameras_json: str, mask_qc_csvs: Mapping[str, str], out_csv: str, out_normalization_json: str, params: Mapping[str, Any] | None,
-    masks_h5: Mapping[str, str] | None = None,
+    masks_h5: Mapping[str, str] | None = None, threads: int = 1,
 ) -> pd.DataFrame:
     """The locate_mouse job: cameras JSON + per-camera mask QC CSVs (+ masks) -> QC table CSV + normalization JSON.
 
@@ -422,6 +434,7 @@ def run_locate_mouse(
         mask_qc_csvs: camera name -> mask QC CSV path.
         masks_h5: camera name -> masks HDF5 of the masks rule; needed for ``center: visual_hull``
             (without it the centre is the triangulated mask centroids).
+        threads: frames carved in parallel.
         out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
         out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
             the per-frame ``norm_from_raw`` is ``norm_from_raw(norm, (x, y, z) of that frame)``.
@@ -446,7 +459,7 @@ def run_locate_mouse(
                     "Fix: check that camera's video, masks and frame offset.", mask_qc_csvs[name], name, len(qc[name]))
     with ExitStack() as stack:
         masks = _mask_source(stack, masks_h5, cams) if masks_h5 and p.center == "visual_hull" else None
-        table = locate_track(cams, qc, p, masks)
+        table = locate_track(cams, qc, p, masks, threads)
     summary = summarize(table)
     summary["centre_from_visual_hull"] = int((table["center_method"] == "visual_hull").sum())
     summary["cameras_never_seeing_the_mouse"] = len(blind)

@@ -22,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import cv2
 import numpy as np
 
-from workflow_scripts.cameras import Camera
+from workflow_scripts.cameras import Camera, distort_normalized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +63,12 @@ class Hull:
 
 def project_points(camera: Camera, X: np.ndarray) -> np.ndarray:
     """World points X [N, 3] -> continuous corner-origin pixels [N, 2] with distortion and skew
-    (NaN behind the camera). cv2.projectPoints (fast, C++) with K = I gives distorted normalized
-    coordinates; the full K (skew included, which cv2 ignores) is applied afterwards."""
+    (NaN behind the camera); :meth:`Camera.project` with the points behind the camera masked."""
     Xc = X @ camera.R.T + camera.t
     front = Xc[:, 2] > 1e-9
-    xd, _ = cv2.projectPoints(np.ascontiguousarray(Xc, dtype=np.float64), np.zeros(3), np.zeros(3), np.eye(3),
-                              np.asarray(camera.dist, dtype=np.float64))
-    xd = xd.reshape(-1, 2)
-    K = camera.K
-    # The project's K maps to corner-origin pixels already (docs/conventions.md).
+    xn = Xc[:, :2] / np.where(front, Xc[:, 2], 1.0)[:, None]
+    xd = distort_normalized(xn, camera.dist)
+    K = camera.K  # maps to corner-origin pixels already (docs/conventions.md)
     uv = np.stack([K[0, 0] * xd[:, 0] + K[0, 1] * xd[:, 1] + K[0, 2], K[1, 1] * xd[:, 1] + K[1, 2]], axis=-1)
     uv[~front] = np.nan
     return uv
