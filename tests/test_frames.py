@@ -124,3 +124,51 @@ def test_check_synchronized_real_videos(video, tmp_path):
     check_synchronized(infos, {"cam5": 2})
     with pytest.raises(InputError, match="cam5.mp4"):
         check_synchronized(infos, {"cam5": 0})
+
+
+@pytest.mark.parametrize("compression", ["lzf", None])
+def test_extract_compressions_match_decoder(video, tmp_path, compression):
+    """Both storage paths (threaded LZF chunks, raw chunks) hold exactly the decoded frames."""
+    out = tmp_path / "f.h5"
+    assert run_extract_frames(video, str(out), compression=compression, workers=3) == N
+    with h5py.File(out, "r") as f:
+        assert f["frames"].compression == compression and f["frames"].chunks == (1, H, W, 3)
+        np.testing.assert_array_equal(f["frames"][:], np.stack([fr for _, fr in iter_frames(video)]))
+
+
+def test_write_frames_reads_back_like_h5py_writes(tmp_path):
+    """write_frames vs dset[k] = frame: same content for compressible frames, incompressible
+    ones (stored raw, filter skipped), 1 or 3 threads, and a layout it must leave to h5py."""
+    from workflow_scripts.h5chunks import lzf_threads_available, write_frames
+
+    assert lzf_threads_available()  # the pinned h5py exports lzf_compress: the fast path is on
+    rng = np.random.default_rng(0)
+    frames = [np.full((40, 56, 3), k, np.uint8) for k in range(5)]
+    frames += [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        for name, kw, workers in (("lzf1", {"compression": "lzf"}, 1), ("lzf3", {"compression": "lzf"}, 3),
+                                  ("raw", {}, 2), ("gzip", {"compression": "gzip"}, 2),
+                                  ("tiles", {"compression": "lzf", "chunks": (1, 20, 28, 3)}, 2)):
+            d = f.create_dataset(name, shape=(len(frames), 40, 56, 3), dtype=np.uint8,
+                                 chunks=kw.pop("chunks", (1, 40, 56, 3)), **kw)
+            assert write_frames(d, iter(frames), workers=workers) == len(frames)
+            np.testing.assert_array_equal(d[:], np.stack(frames), err_msg=name)
+        masks = [f["lzf3"].id.read_direct_chunk((k, 0, 0, 0))[0] for k in range(len(frames))]
+        assert masks[:5] == [0] * 5 and masks[5:] == [1] * 4  # random frames: LZF declined, raw
+
+
+def test_write_frames_errors(tmp_path):
+    from workflow_scripts.h5chunks import write_frames
+
+    def failing():
+        yield np.zeros((4, 6, 3), np.uint8)
+        raise InputError("decoder broke")
+
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        d = f.create_dataset("x", shape=(3, 4, 6, 3), dtype=np.uint8, chunks=(1, 4, 6, 3), compression="lzf")
+        with pytest.raises(InputError, match="decoder broke"):
+            write_frames(d, failing())
+        with pytest.raises(ValueError, match="frame 0 of shape"):
+            write_frames(d, [np.zeros((4, 5, 3), np.uint8)])
+        with pytest.raises(ValueError, match="frame 3 of shape"):
+            write_frames(d, [np.zeros((4, 6, 3), np.uint8)] * 4)

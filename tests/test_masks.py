@@ -75,7 +75,9 @@ def test_run_masks_iou_and_qc(frames_h5, tmp_path):
     qc = run_masks(str(frames_h5), str(out), str(qc_csv), MaskConfig(background_samples=T))
     with h5py.File(out, "r") as f:
         masks = f["masks"]
-        assert masks.shape == (T, H, W) and masks.chunks == (1, H, W) and masks.compression == "lzf"
+        assert masks.shape == (T, H, W) and masks.chunks == (1, 128, 128) and masks.compression == "lzf"
+        # only the tiles that meet the mouse are stored; the others read as 0
+        assert masks.id.get_num_chunks() < T * 4
         np.testing.assert_array_equal(f["frame_index"][:], np.arange(T))
         assert f["background"].shape == (H, W, 3)
         ious = [mask_iou(masks[t], blob_mask(t)) for t in range(T)]
@@ -222,3 +224,90 @@ def test_fast_largest_filled_equals_component_then_fill():
     cv2.circle(ring, (15, 15), 10, 255, 3)  # a ring: the hole must be filled
     filled = _largest_filled(ring)
     assert filled[15, 15] == 255 and filled[0, 0] == 0
+
+
+def _reference_mask(frame: np.ndarray, background: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+    """compute_mask as it was before the cleaning ran on a box: every step on the whole image."""
+    from workflow_scripts.masks import _channel_max, _fill_holes, _kernel, _largest_component, _largest_filled
+
+    diff = _channel_max(cv2.absdiff(frame, background))
+    if cfg.blur_ksize > 1:
+        diff = cv2.medianBlur(diff, cfg.blur_ksize | 1)
+    mask = cv2.threshold(diff, cfg.threshold, 255, cv2.THRESH_BINARY)[1]
+    if cfg.open_ksize > 1:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(cfg.open_ksize))
+    if cfg.close_ksize > 1:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(cfg.close_ksize))
+    if cfg.keep_largest and cfg.fill_holes:
+        return _largest_filled(mask)
+    if cfg.keep_largest:
+        mask = _largest_component(mask)
+    return _fill_holes(mask) if cfg.fill_holes else mask
+
+
+def test_box_cleaning_equals_whole_image_bit_for_bit():
+    """Cleaning only the box around the thresholded pixels gives the whole-image mask and QC row,
+    for blobs cut by the image border, rings, speckle and every combination of settings."""
+    from workflow_scripts.masks import _compute_mask_box
+
+    rng = np.random.default_rng(3)
+    h, w = 70, 90
+    boxed = 0
+    for _ in range(400):
+        bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        fr = np.clip(bg + rng.normal(0, rng.choice([0, 4, 10]), bg.shape), 0, 255).astype(np.uint8)
+        for _ in range(rng.integers(0, 4)):
+            centre = (int(rng.integers(-10, w + 10)), int(rng.integers(-10, h + 10)))
+            axes = (int(rng.integers(1, 30)), int(rng.integers(1, 20)))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            cv2.ellipse(fr, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+        if rng.random() < 0.3:  # a ring: a hole to fill
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.circle(fr, centre, int(rng.integers(3, 30)), (0, 0, 0), int(rng.integers(1, 4)))
+        cfg = MaskConfig(threshold=int(rng.integers(5, 60)), blur_ksize=int(rng.choice([0, 3, 5])),
+                         open_ksize=int(rng.choice([0, 2, 3, 5])), close_ksize=int(rng.choice([0, 3, 6, 9])),
+                         fill_holes=bool(rng.random() < 0.7), keep_largest=bool(rng.random() < 0.7))
+        ref = _reference_mask(fr, bg, cfg)
+        got, box = _compute_mask_box(fr, bg, cfg)
+        np.testing.assert_array_equal(got, ref)
+        if box is not None:
+            boxed += (box[2] - box[0]) * (box[3] - box[1]) < h * w
+            x0, y0, x1, y1 = box
+            assert not ref[:y0].any() and not ref[y1:].any() and not ref[:, :x0].any() and not ref[:, x1:].any()
+        row, row_box = mask_qc(ref, 5, cfg), mask_qc(got, 5, cfg, box)
+        assert row.keys() == row_box.keys()
+        for k in row:  # identical, NaN included
+            assert row[k] == row_box[k] or (row[k] != row[k] and row_box[k] != row_box[k]), k
+    assert boxed > 50  # the box is smaller than the image often enough to test something
+
+
+@pytest.mark.parametrize("K", [1, 2, 5, 50, 51, 256])
+def test_median_uint8_equals_numpy_median(K):
+    from workflow_scripts.masks import median_uint8
+
+    rng = np.random.default_rng(K)
+    stack = rng.integers(0, 256, (K, 9, 11, 3), dtype=np.uint8)
+    stack[: K // 2, :4] = rng.integers(0, 3, (K // 2, 4, 11, 3))  # many ties in part of the image
+    ref = np.clip(np.floor(np.median(stack, axis=0) + 0.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(median_uint8(stack), ref)
+
+
+def test_external_masks_stored_exactly_in_tiles(tmp_path):
+    """External masks with pixels in scattered tiles (and an empty one) read back unchanged."""
+    h, w, n = 300, 280, 4
+    frames = np.full((n, h, w, 3), 120, np.uint8)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    truth = np.zeros((n, h, w), np.uint8)
+    truth[0, 5:20, 250:270] = 255
+    truth[1, 130:140, 3:9] = 255
+    truth[1, 290:300, 200:280] = 255
+    for t in range(n):
+        Image.fromarray(truth[t]).save(ext / f"m{t:02d}.png")
+    fh5 = tmp_path / "frames.h5"
+    with h5py.File(fh5, "w") as f:
+        f["frames"] = frames
+        f["frame_index"] = np.arange(n)
+    run_masks(str(fh5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), external=str(ext))
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        np.testing.assert_array_equal(f["masks"][:], truth)

@@ -178,3 +178,18 @@ def test_image_folder_size_mismatch(tmp_path):
     Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "1.png")
     with pytest.raises(InputError, match=r"1\.png.*10x8"):
         list(iter_frames(tmp_path))
+
+
+def test_rgb_matches_pyav_to_ndarray(tmp_path):
+    """iter_frames' one-context-per-stream RGB conversion gives PyAV's per-frame to_ndarray
+    pixels bit for bit (a width whose RGB rows need padding included)."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "noisy.mp4"
+    write_video(path, [rng.integers(0, 256, (36, 70, 3), dtype=np.uint8) for _ in range(6)], fps=10)
+    with av.open(str(path)) as c:
+        ref = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    got = [f for _, f in iter_frames(path)]
+    assert len(got) == len(ref) == 6
+    for a, b in zip(got, ref):
+        assert a.shape == (36, 70, 3)
+        np.testing.assert_array_equal(a, b)

@@ -7,7 +7,7 @@ the config's `frame_offsets` (a camera that started recording 3 frames early has
 so every camera of a session yields the same `frame_index` list.
 
 Output HDF5 (written atomically):
-  frames       uint8 [T, H, W, 3]  RGB, chunk (1, H, W, 3), lzf
+  frames       uint8 [T, H, W, 3]  RGB, chunk (1, H, W, 3), lzf or none (frames.compression)
   frame_index  int64 [T]           common (session) frame index s
   attrs: source (video path), fps (float), fps_num/fps_den, width, height, stride, offset,
          start_frame, camera, num_frames_source (frames in the video)
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
+from workflow_scripts.h5chunks import write_frames
 from workflow_scripts.video import VideoInfo, iter_frames, probe_video
 
 
@@ -85,14 +86,18 @@ def run_extract_frames(
     expected: dict | None = None,
     camera: str | None = None,
     compression: str | None = "lzf",
+    workers: int = 2,
 ) -> int:
     """Decode the selected frames of `video` into `out_h5` (schema in the module doc).
 
     expected: optional {"width", "height", "fps", "num_frames", "camera"} to verify against
     (e.g. the calibration's image size); a mismatch raises InputError. camera: name stored in
     attrs (default expected["camera"], else the video file stem). compression: h5py filter of
-    `frames` ("lzf" default; None writes ~10x faster on noisy footage, where lzf gains <15%,
-    see benchmarks/preprocess_throughput.py). Returns T, the frame count.
+    `frames` ("lzf" default; None writes several times faster and makes every later read
+    faster, while lzf saves only 7-15% on camera footage, see
+    benchmarks/preprocess_throughput.py). workers: LZF compression threads, running while the
+    next frames decode (workflow_scripts/h5chunks.py; the stored bytes are h5py's). Returns T,
+    the frame count.
     """
     info = probe_video(video)
     _check_expected(info, expected)
@@ -111,16 +116,20 @@ def run_extract_frames(
                 "offset": offset, "start_frame": start_frame, "camera": str(cam),
                 "num_frames_source": info.num_frames,
             })
-            frames = iter_frames(video, start=vids.start, stop=vids.stop, stride=stride)
-            n = 0
-            for k, (v, rgb) in enumerate(tqdm(frames, total=T, desc=f"extract {cam}", unit="frame")):
-                if v != vids[k]:  # cannot happen unless the decoder skips frames silently
-                    raise InputError(f"{video}: expected frame {vids[k]}, decoder gave {v}. Fix: re-encode the video.")
-                dset[k] = rgb
-                n += 1
+            decoded = iter_frames(video, start=vids.start, stop=vids.stop, stride=stride)
+            n = write_frames(dset, _checked_frames(decoded, vids, video, cam), workers=workers)
             if n != T:
                 raise InputError(f"{video}: only {n} of {T} selected frames could be decoded. Fix: re-encode the video.")
     return T
+
+
+def _checked_frames(decoded: Iterator[tuple[int, np.ndarray]], vids: range, video: str,
+                    cam: str) -> Iterator[np.ndarray]:
+    """RGB frames of `decoded` ((video index, frame) pairs), checking the indices are `vids`."""
+    for k, (v, rgb) in enumerate(tqdm(decoded, total=len(vids), desc=f"extract {cam}", unit="frame")):
+        if v != vids[k]:  # cannot happen unless the decoder skips frames silently
+            raise InputError(f"{video}: expected frame {vids[k]}, decoder gave {v}. Fix: re-encode the video.")
+        yield rgb
 
 
 def check_synchronized(

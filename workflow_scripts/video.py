@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from workflow_scripts.atomic import atomic_path
@@ -133,6 +134,21 @@ def probe_video(path: str | Path) -> VideoInfo:
     return VideoInfo(str(p), width, height, fps, num, codec)
 
 
+class _ToRGB:
+    """Decoded frame -> RGB uint8 [H, W, 3] through ONE swscale context for a whole stream.
+
+    ``frame.to_ndarray(format="rgb24")`` builds a new swscale context for every frame (PyAV keeps
+    the reformatter on the frame), which costs more than decoding a 640x512 H.264 frame; reusing
+    one gives bit-identical pixels (same conversion, same flags) 1.3-4x faster.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def _selected(idx: int, start: int, stride: int) -> bool:
     return idx >= start and (idx - start) % stride == 0
 
@@ -179,6 +195,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) ->
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threading in the decoder
+        to_rgb = _ToRGB()
         tb = stream.time_base
         t0 = stream.start_time or 0
 
@@ -221,7 +238,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) ->
                     )
                 expected = idx + 1
                 if _selected(idx, start, stride) and idx < stop:
-                    yield idx, frame.to_ndarray(format="rgb24")
+                    yield idx, to_rgb(frame)
                 if idx >= last_needed:
                     return
         except av.error.FFmpegError as exc:
@@ -242,11 +259,12 @@ def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stri
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        to_rgb = _ToRGB()
         idx = -1
         try:
             for idx, frame in enumerate(container.decode(stream)):
                 if _selected(idx, start, stride) and idx < stop:
-                    yield idx, frame.to_ndarray(format="rgb24")
+                    yield idx, to_rgb(frame)
                 if idx >= stop - 1:
                     return
         except av.error.FFmpegError as exc:
