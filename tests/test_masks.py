@@ -228,7 +228,7 @@ def test_fast_largest_filled_equals_component_then_fill():
 
 def _reference_mask(frame: np.ndarray, background: np.ndarray, cfg: MaskConfig) -> np.ndarray:
     """compute_mask as it was before the cleaning ran on a box: every step on the whole image."""
-    from workflow_scripts.masks import _channel_max, _fill_holes, _kernel, _largest_component, _largest_filled
+    from workflow_scripts.masks import _channel_max, _fill_holes, _fill_small_holes, _kernel, _largest_component, _largest_filled
 
     diff = _channel_max(cv2.absdiff(frame, background))
     if cfg.blur_ksize > 1:
@@ -238,11 +238,13 @@ def _reference_mask(frame: np.ndarray, background: np.ndarray, cfg: MaskConfig) 
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(cfg.open_ksize))
     if cfg.close_ksize > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(cfg.close_ksize))
-    if cfg.keep_largest and cfg.fill_holes:
+    if cfg.keep_largest and cfg.fill_holes and cfg.max_hole_frac >= 1:
         return _largest_filled(mask)
     if cfg.keep_largest:
         mask = _largest_component(mask)
-    return _fill_holes(mask) if cfg.fill_holes else mask
+    if not cfg.fill_holes:
+        return mask
+    return _fill_holes(mask) if cfg.max_hole_frac >= 1 else _fill_small_holes(mask, cfg.max_hole_frac)
 
 
 def test_box_cleaning_equals_whole_image_bit_for_bit():
@@ -266,7 +268,8 @@ def test_box_cleaning_equals_whole_image_bit_for_bit():
             cv2.circle(fr, centre, int(rng.integers(3, 30)), (0, 0, 0), int(rng.integers(1, 4)))
         cfg = MaskConfig(threshold=int(rng.integers(5, 60)), blur_ksize=int(rng.choice([0, 3, 5])),
                          open_ksize=int(rng.choice([0, 2, 3, 5])), close_ksize=int(rng.choice([0, 3, 6, 9])),
-                         fill_holes=bool(rng.random() < 0.7), keep_largest=bool(rng.random() < 0.7))
+                         fill_holes=bool(rng.random() < 0.7), keep_largest=bool(rng.random() < 0.7),
+                         max_hole_frac=float(rng.choice([1.0, 0.01, 0.2])))
         ref = _reference_mask(fr, bg, cfg)
         got, box = _compute_mask_box(fr, bg, cfg)
         np.testing.assert_array_equal(got, ref)
@@ -311,3 +314,22 @@ def test_external_masks_stored_exactly_in_tiles(tmp_path):
     run_masks(str(fh5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), external=str(ext))
     with h5py.File(tmp_path / "m.h5", "r") as f:
         np.testing.assert_array_equal(f["masks"][:], truth)
+
+
+def test_only_small_holes_are_filled():
+    """A fur-sized hole is filled, a gap between leg and body (large hole) stays background."""
+    from workflow_scripts.masks import _fill_small_holes
+
+    m = np.zeros((100, 100), np.uint8)
+    cv2.rectangle(m, (10, 10), (89, 89), 255, -1)  # 6400 px
+    m[20:23, 20:23] = 0   # 9 px hole (0.14 %)
+    m[40:70, 40:70] = 0   # 900 px hole (14 %)
+    out = _fill_small_holes(m, 0.01)
+    assert (out[20:23, 20:23] == 255).all() and (out[40:70, 40:70] == 0).all()
+    assert (_fill_small_holes(m, 0.2)[40:70, 40:70] == 255).all()
+    bg = np.full((100, 100, 3), 90, np.uint8)
+    fr = bg.copy()
+    fr[m > 0] = 200
+    full = compute_mask(fr, bg, MaskConfig(max_hole_frac=1.0))
+    assert (full[40:70, 40:70] == 255).all()  # the old behaviour: every hole filled
+    assert (compute_mask(fr, bg, MaskConfig())[41:69, 41:69] == 0).all()  # (closing rounds its corners)

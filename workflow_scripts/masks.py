@@ -52,6 +52,9 @@ class MaskConfig:
     blur_ksize: median filter (odd kernel, 0/1 = off) of the difference, against codec noise.
     open_ksize, close_ksize: elliptical kernel sizes of morphological open / close (0 = off).
     fill_holes: fill enclosed background holes (mouse parts coloured like the floor).
+    max_hole_frac: fill only holes smaller than this fraction of the mask's area (1 = all):
+        small holes are fur matching the floor, large ones are real gaps (between a leg and
+        the body, under a curled tail) that filling would turn into mouse.
     keep_largest: keep only the largest connected component (the mouse).
     min_area_px: QC: masks with fewer pixels are flagged 'too_small'.
     max_area_frac: QC: masks covering more than this fraction of the image are flagged
@@ -61,11 +64,12 @@ class MaskConfig:
     """
 
     background_samples: int = 50
-    threshold: int = 28
-    blur_ksize: int = 3
-    open_ksize: int = 5
-    close_ksize: int = 9
+    threshold: int = 20
+    blur_ksize: int = 1
+    open_ksize: int = 0
+    close_ksize: int = 3
     fill_holes: bool = True
+    max_hole_frac: float = 0.01
     keep_largest: bool = True
     min_area_px: int = 200
     max_area_frac: float = 0.5
@@ -169,6 +173,20 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     cv2.floodFill(flood, ff_mask, (0, 0), 255)  # outside of all objects becomes 255
     holes = cv2.bitwise_not(flood)[1:-1, 1:-1]
     return cv2.bitwise_or(mask, holes)
+
+
+def _fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
+    """Fill background regions not connected to the image border (4-connected, as the
+    background of 8-connected blobs) whose area is at most ``max_frac`` x the mask's area."""
+    limit = max_frac * cv2.countNonZero(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_not(mask), connectivity=4)
+    h, w = mask.shape
+    x, y, bw, bh, area = (stats[:, i] for i in range(5))
+    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (area <= limit)
+    inner[0] = False  # label 0 is the mask itself
+    if not inner.any():
+        return mask
+    return cv2.bitwise_or(mask, np.where(inner[labels], np.uint8(255), np.uint8(0)))
 
 
 def _channel_max(img: np.ndarray) -> np.ndarray:
@@ -293,12 +311,12 @@ def _clean(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(cfg.open_ksize))
     if cfg.close_ksize > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(cfg.close_ksize))
-    if cfg.keep_largest and cfg.fill_holes:
+    if cfg.keep_largest and cfg.fill_holes and cfg.max_hole_frac >= 1:
         return _largest_filled(mask)
     if cfg.keep_largest:
         mask = _largest_component(mask)
     if cfg.fill_holes:
-        mask = _fill_holes(mask)
+        mask = _fill_holes(mask) if cfg.max_hole_frac >= 1 else _fill_small_holes(mask, cfg.max_hole_frac)
     return mask
 
 
