@@ -1,18 +1,28 @@
-"""Throughput of synthetic sample generation vs bare pyrender renders of the same meshes.
+"""Throughput of the synthetic shard job vs bare pyrender renders of the same meshes.
 
-Full job = ``synthetic.make_sample`` (pose sampling + normalization, cameras, rasterized
-pixel-size rule, appearance, lights, rendering RGB/depth/mask). Baseline = the same posed meshes
-with the same visuals (texture or vertex colours) and the same cameras rendered by a minimal
-pyrender loop (one scene per mesh, camera pose updated per view), in the same process.
-Prints samples/s of both, their ratio (target >= 0.8) and peak RSS.
+Full job = ``synthetic.ShardJob.write``, what the ``synthetic_shards`` rule runs: samples
+prepared (pose sampling + normalization, cameras, the pixel-size rule, appearance, lights) in
+``--workers`` processes, rendered (RGB/depth/mask) in the main thread, assembled and written
+(LZF-compressed HDF5) on a writer thread, into a temporary shard. Baseline = the same posed
+meshes with the same kind of visuals (texture or vertex colours) and the same cameras rendered by
+a minimal pyrender loop (one scene per mesh, camera pose updated per view) in the same process.
+Both are warmed up first (GL context, shaders, worker processes); the full job and the baseline
+alternate ``--repeats`` times so that load from other processes hits both alike.
+
+Prints, per worker count: samples/s of the whole job (including filling and draining the
+pipeline) and in steady state (between the first and the last written sample), the baseline's
+samples/s, their ratio (target >= 0.8), the time per sample of each stage (preparation stages
+run in the workers, so with workers they overlap rendering and writing) and peak RSS.
 
     .venv/bin/python benchmarks/synthetic_throughput.py --samples 4 --views 32 --size 256
+    .venv/bin/python benchmarks/synthetic_throughput.py --samples 16 --workers 0 1 3   # on a GPU machine
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,16 +31,18 @@ import trimesh
 
 from workflow_scripts.body_model import load_body_model
 from workflow_scripts.gl import FRAMEBUFFER_SAMPLES, import_pyrender, set_framebuffer_samples
-from workflow_scripts.poses import PoseSampler
-from workflow_scripts.render import CV_TO_GL, MeshRenderer, textured_trimesh
-from workflow_scripts.synthetic import (TEXTURE_V_FROM_TOP, SyntheticConfig, jitter_texture, make_sample,
+from workflow_scripts.render import CV_TO_GL, textured_trimesh
+from workflow_scripts.shards import open_shard
+from workflow_scripts.synthetic import (TEXTURE_V_FROM_TOP, ShardJob, SyntheticConfig, jitter_texture,
                                         procedural_colors)
 
 
-def bare_pyrender(samples: list[dict], model, size: int) -> float:
-    """Seconds to render every sample's views with a minimal pyrender loop (same visuals)."""
+def bare_pyrender(samples: list[dict], model, size: int, renderer=None) -> float:
+    """Seconds to render every sample's views with a minimal pyrender loop (same visuals).
+    renderer: a warm pyrender OffscreenRenderer to reuse (else one is made, and its first
+    render compiles the shaders inside the timed region)."""
     pr = import_pyrender()
-    r = pr.OffscreenRenderer(size, size)
+    r = renderer or pr.OffscreenRenderer(size, size)
     set_framebuffer_samples(r, FRAMEBUFFER_SAMPLES)  # the framebuffer MeshRenderer renders into (fair)
     total = 0.0
     for s in samples:
@@ -53,16 +65,27 @@ def bare_pyrender(samples: list[dict], model, size: int) -> float:
             scene.set_pose(node, c2w.astype(np.float64) @ CV_TO_GL)
             r.render(scene)
         total += time.perf_counter() - t0
-    r.delete()
+    if renderer is None:
+        r.delete()
     return total
+
+
+def shard_samples(path: Path) -> list[dict]:
+    """What the baseline needs of every sample of a written shard."""
+    with open_shard(path) as f:
+        return [{"vertices": f["vertices"][i], "K": f["K"][i], "c2w": f["c2w"][i],
+                 "appearance/kind": float(f["appearance/kind"][i])} for i in range(f["images"].shape[0])]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4, help="samples per shard (job)")
     ap.add_argument("--views", type=int, default=32)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--appearance", default="auto", choices=["auto", "texture", "procedural"])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="worker processes preparing samples (the rule uses its threads - 1); several values: one run each")
+    ap.add_argument("--repeats", type=int, default=2, help="alternations of full job and baseline per worker count")
     ap.add_argument("--mammal-dir", default=os.environ.get("MAMMAL_MOUSE_DIR",
                                                            str(Path(__file__).resolve().parents[2] / "shared" / "mammal_mouse")))
     args = ap.parse_args()
@@ -70,8 +93,7 @@ def main() -> None:
     model = load_body_model(args.mammal_dir)
     cfg = SyntheticConfig(samples_per_shard=args.samples, num_views=args.views, image_size=args.size,
                           appearance=args.appearance)
-    sampler = PoseSampler(model, cfg.pose_sampler_config())
-    rng, vis_rng = np.random.default_rng(0), np.random.default_rng(1)
+    vis_rng = np.random.default_rng(1)
 
     def with_visuals(s: dict) -> dict:
         # The baseline gets the same kind of visuals, made outside its timed region.
@@ -81,29 +103,45 @@ def main() -> None:
             s["colors"] = (procedural_colors(model, vis_rng)[0] * 255).astype(np.uint8)
         return s
 
-    samples, t_full, t_bare = [], 0.0, 0.0
-    # Culls back faces as write_synthetic_shard does (pyrender's default, as in the baseline).
-    with MeshRenderer(args.size, args.size, cull_back_faces=True) as renderer:
-        bare_pyrender([with_visuals(make_sample(model, sampler, cfg, rng, renderer))], model, args.size)  # warm-up
-        # Interleaved per sample, so that load from other processes hits both alike.
-        for _ in range(args.samples):
-            t0 = time.perf_counter()
-            s = make_sample(model, sampler, cfg, rng, renderer)
-            t_full += time.perf_counter() - t0
-            t_bare += bare_pyrender([with_visuals(s)], model, args.size)
-            samples.append(s)
-
-    n_tex = sum(s["appearance/kind"] == 0.0 for s in samples)
-    full_rate, bare_rate = args.samples / t_full, args.samples / t_bare
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"settings: {args.samples} samples x {args.views} views x {args.size} px, appearance={args.appearance} "
-          f"({n_tex} textured), GL={os.environ.get('PYOPENGL_PLATFORM')}")
-    print(f"full make_sample: {full_rate:.3f} samples/s ({t_full / args.samples:.2f} s/sample, "
-          f"{1000 * t_full / (args.samples * args.views):.1f} ms/view)")
-    print(f"bare pyrender:    {bare_rate:.3f} samples/s ({t_bare / args.samples:.2f} s/sample, "
-          f"{1000 * t_bare / (args.samples * args.views):.1f} ms/view)")
-    print(f"ratio full/bare:  {full_rate / bare_rate:.3f} (target >= 0.8)")
-    print(f"peak RSS:         {peak:.0f} MiB")
+    pr = import_pyrender()
+    bare_renderer = pr.OffscreenRenderer(args.size, args.size)
+    print(f"settings: {args.samples} samples x {args.views} views x {args.size} px, appearance={args.appearance}, "
+          f"GL={os.environ.get('PYOPENGL_PLATFORM')}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in args.workers:
+            with ShardJob(model, cfg, seed=0, shard_index=0, workers=workers) as job:
+                job.write(Path(tmp) / "warm.h5", n=min(2, args.samples), progress=False)  # GL context, shaders, workers
+                bare_pyrender([with_visuals(s) for s in shard_samples(Path(tmp) / "warm.h5")], model, args.size,
+                              bare_renderer)
+                t_full = t_steady = t_bare = 0.0
+                stages: dict[str, list[float]] = {}
+                n_tex = 0
+                for _ in range(args.repeats):
+                    stats = job.write(Path(tmp) / "shard.h5", progress=False)
+                    t_full += stats.wall
+                    t_steady += stats.first_to_last
+                    for k, v in stats.seconds.items():
+                        stages.setdefault(k, []).extend(v)
+                    samples = [with_visuals(s) for s in shard_samples(Path(tmp) / "shard.h5")]
+                    n_tex = sum(s["appearance/kind"] == 0.0 for s in samples)
+                    t_bare += bare_pyrender(samples, model, args.size, bare_renderer)
+            n = args.samples * args.repeats
+            full_rate, bare_rate = n / t_full, n / t_bare
+            steady_rate = (args.samples - 1) * args.repeats / t_steady if t_steady > 0 else float("nan")
+            ms = {k: 1000.0 * float(np.mean(v)) for k, v in stages.items()}
+            print(f"\nworkers={workers} ({n_tex} of {args.samples} samples textured; {args.repeats} repeats)")
+            print(f"  full job:      {full_rate:.3f} samples/s ({1000 * t_full / n:.0f} ms/sample incl. pipeline fill/drain)")
+            print(f"  steady state:  {steady_rate:.3f} samples/s (first to last written sample)")
+            print(f"  bare pyrender: {bare_rate:.3f} samples/s ({1000 * t_bare / n:.0f} ms/sample, "
+                  f"{1000 * t_bare / (n * args.views):.1f} ms/view)")
+            print(f"  ratio full/bare: {full_rate / bare_rate:.3f} (steady state {steady_rate / bare_rate:.3f}; target >= 0.8)")
+            print("  ms per sample by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
+                  + (" (posing..appearance in the workers, overlapping render and write)" if workers else ""))
+    bare_renderer.delete()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\npeak RSS: {own:.0f} MiB this process (model, renderers, <= 2 rendered samples queued for the writer), "
+          f"{child:.0f} MiB the largest worker")
 
 
 if __name__ == "__main__":

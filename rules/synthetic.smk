@@ -13,7 +13,7 @@ rule synthetic_shards:
         log_path("synthetic_shards", "{split}_{index}"),
     benchmark:
         bench_path("synthetic_shards", "{split}_{index}")
-    threads: 1
+    threads: 2  # 1 renders (and a writer thread compresses), 1 prepares the next samples
     resources:
         mem_mb=3000,
         runtime=120,

@@ -62,6 +62,21 @@ def test_same_seed_same_pose(model):
     assert a.scale == b.scale and not np.allclose(a.joint_rotvecs, c.joint_rotvecs)
 
 
+@pytest.mark.parametrize("place_on_floor", [True, False])
+def test_sample_posed_is_sample_plus_its_mesh(model, place_on_floor):
+    """sample_posed draws the same pose as sample and returns pose_mesh of it bit for bit (it
+    poses once instead of twice), with the surface centroid of those vertices."""
+    s = PoseSampler(model, replace(PoseSamplerConfig(), place_on_floor=place_on_floor))
+    p = s.sample(np.random.default_rng(4))
+    q, v, j, c = s.sample_posed(np.random.default_rng(4))
+    for k in ("joint_rotvecs", "global_rotvec", "translation", "bone_scales"):
+        np.testing.assert_array_equal(getattr(p, k), getattr(q, k))
+    v2, j2 = pose_mesh(model, q)
+    assert np.array_equal(v, v2) and np.array_equal(j, j2)
+    np.testing.assert_allclose(c, center_of_mass(v, model.faces), rtol=0, atol=1e-12)
+    assert place_on_floor == (abs(v[:, 2].min()) < 1e-12)
+
+
 def test_limits_and_floor(model):
     cfg = PoseSamplerConfig()
     s = PoseSampler(model, cfg)

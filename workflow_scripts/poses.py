@@ -196,15 +196,37 @@ class PoseSampler:
 
     def _place(self, pose: Pose, floor_z: float = 0.0, xy: np.ndarray | None = None) -> Pose:
         """Translate so that the lowest vertex touches z = floor_z and the surface centroid is at xy."""
-        v, _ = pose_mesh(self.model, replace(pose, translation=np.zeros(3)))
+        return self._place_posed(pose, floor_z, xy)[0]
+
+    def _place_posed(self, pose: Pose, floor_z: float = 0.0, xy: np.ndarray | None = None
+                     ) -> tuple[Pose, np.ndarray, np.ndarray, np.ndarray]:
+        """``_place`` that also returns the placed pose's vertices [V, 3], joints [J, 3] and
+        surface centroid [3]. pose_mesh adds the translation last, so v0 + t is exactly (bit for
+        bit) pose_mesh of the placed pose: posing once serves both the placement and the caller."""
+        v, j = pose_mesh(self.model, replace(pose, translation=np.zeros(3)))
         c = center_of_mass(v, self.model.faces)
         target = np.zeros(2) if xy is None else np.asarray(xy, np.float64)
         pose.translation = np.array([target[0] - c[0], target[1] - c[1], floor_z - v[:, 2].min()])
-        return pose
+        return pose, v + pose.translation, j + pose.translation, c + pose.translation
 
     # ------------------------------------------------------------------ sampling
     def sample(self, rng: np.random.Generator) -> Pose:
         """One random pose; the same generator state gives the same pose."""
+        pose = self._draw(rng)
+        return self._place(pose) if self.cfg.place_on_floor else pose
+
+    def sample_posed(self, rng: np.random.Generator) -> tuple[Pose, np.ndarray, np.ndarray, np.ndarray]:
+        """``sample`` plus what posing it gives, computed once: (pose, vertices [V, 3], joints
+        [J, 3], surface centroid [3]) with (vertices, joints) = pose_mesh(model, pose) exactly and
+        centroid = center_of_mass(vertices) up to rounding (~1e-16). Same draws and pose as ``sample``."""
+        pose = self._draw(rng)
+        if self.cfg.place_on_floor:
+            return self._place_posed(pose)
+        v, j = pose_mesh(self.model, pose)
+        return pose, v, j, center_of_mass(v, self.model.faces)
+
+    def _draw(self, rng: np.random.Generator) -> Pose:
+        """The random part of ``sample``: a pose with zero translation (not yet placed)."""
         c = self.cfg
         limbs = {name: (_u(rng, c.limb_swing), _u(rng, c.limb_flex), _u(rng, c.limb_abduction)) for name in self.limbs}
         wiggle = rng.uniform(-c.tail_wiggle, c.tail_wiggle, (len(self.tail), 2))
@@ -218,8 +240,7 @@ class PoseSampler:
         heading = _u(rng, c.heading)
         scale = c.base_scale * _u(rng, c.scale)
         bones = 1.0 + rng.uniform(-c.bone_jitter, c.bone_jitter, self.model.n_bone_groups)
-        pose = Pose(d, self._global_rotvec(heading, pitch), np.zeros(3), scale, bones)
-        return self._place(pose) if c.place_on_floor else pose
+        return Pose(d, self._global_rotvec(heading, pitch), np.zeros(3), scale, bones)
 
     # ------------------------------------------------------------------ walking
     def walk_sequence(self, rng: np.random.Generator, n_frames: int, path: "WalkPath | None" = None,

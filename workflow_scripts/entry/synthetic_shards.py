@@ -8,5 +8,6 @@ with rule_logging(snakemake) as log:
         cfg.pop(key)
     # Test shards draw from a disjoint seed stream, so their poses are never seen in training.
     split_offset = {"train": 0, "test": 1_000_000}[snakemake.wildcards.split]
+    # The rule's other threads prepare samples in worker processes while this one renders.
     write_synthetic_shard(snakemake.input.body_model, snakemake.output[0], shard_index=split_offset + int(snakemake.wildcards.index),
-                          seed=snakemake.params.seed, cfg=SyntheticConfig.from_dict(cfg))
+                          seed=snakemake.params.seed, cfg=SyntheticConfig.from_dict(cfg), workers=snakemake.threads - 1)
