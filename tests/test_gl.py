@@ -86,6 +86,18 @@ def test_egl_detection_needs_a_device(monkeypatch):
     assert gl.setup_headless() == "osmesa"
 
 
+def test_auto_mode_picks_egl_on_an_nvidia_machine():
+    r = _run("""
+        from workflow_scripts import gl
+        gl.nvidia_egl_available = lambda: True  # as on a GPU node (nothing imported PyOpenGL yet)
+        import os
+        os.environ.pop(gl.ENV_OVERRIDE, None)
+        print("PICKED", gl.setup_headless(), os.environ["PYOPENGL_PLATFORM"])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "PICKED egl egl" in r.stdout
+
+
 def test_shader_programs_are_cached_between_renders():
     """pyrender compiles its shaders once per context, not on every render (patched cache key)."""
     r = _run("""

@@ -263,3 +263,27 @@ def test_bad_input_rejected(renderer):
         renderer.render(np.zeros((3, 3)), np.array([[0, 1, 5]]), K, c2w)
     with pytest.raises(ValueError, match="NaN"):
         renderer.render(np.full((3, 3), np.nan), np.array([[0, 1, 2]]), K, c2w)
+
+
+def test_background_exact_whatever_the_driver_writes_for_the_clear_colour():
+    """NVIDIA's EGL clears 0.5 to 127, Mesa to 128 (H200, 2026-11-27): MeshRenderer sets the
+    pixels where nothing was drawn itself. Simulated here by a driver that clears one level darker."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.3)
+    K = np.array([[300.0, 0, S / 2], [0, 300.0, S / 2], [0, 0, 1]])
+    c2w = look_at_c2w([0, -2.7, 0], [0, 0, 0])
+    with MeshRenderer(S, S) as r:
+        r._ensure()
+        real = r._renderer.render
+
+        def off_by_one(scene, flags):
+            out = real(scene, flags=flags)
+            if isinstance(out, tuple):
+                rgb, depth = out
+                rgb = rgb.copy()
+                rgb[depth <= 0] -= 1
+                return rgb, depth
+            return out
+
+        r._renderer.render = off_by_one
+        out = r.render(sphere.vertices, sphere.faces, K, c2w, background=(0.0, 0.5, 1.0))
+    assert out.mask.any() and np.all(out.rgb[~out.mask] == np.array([0, 128, 255]))

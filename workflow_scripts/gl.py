@@ -38,15 +38,16 @@ Why this module exists
   edges are aliased (no partial-coverage blending). :func:`set_framebuffer_samples` changes it
   per renderer, for diagnostics (``benchmarks/egl_diagnose.py``).
 
-Platform choice: ``MOUSE_FACELIFT_GL`` (``egl``/``osmesa``) overrides; otherwise ``osmesa``
-(Mesa's llvmpipe software rasterizer, works everywhere, CPU only, the validated path).
-EGL is opt-in (``MOUSE_FACELIFT_GL=egl``) until it passes the render tests on NVIDIA. On an H100
-(2026-11-27, ``benchmarks/gpu_render_check.sh``): closing one ``OffscreenRenderer`` terminated
-the EGL display shared by the others (EGL_NOT_INITIALIZED), fixed by :func:`_patch_egl_teardown`
-(16 -> 19 of 26 tests pass); still open: masks and colours differ from the reference
-rasterization (mask IoU 0.92 < 0.99, a single-pixel triangle not drawn), traced to 4x MSAA and
-addressed by :func:`_patch_framebuffer` (reproduced and fixed under llvmpipe; to be confirmed on
-the GPU with ``benchmarks/gpu_render_check.sh``).
+Platform choice: ``MOUSE_FACELIFT_GL`` (``egl``/``osmesa``) overrides; otherwise ``egl`` when an
+NVIDIA GPU and NVIDIA's EGL library are present (:func:`nvidia_egl_available`), else ``osmesa``
+(Mesa's llvmpipe software rasterizer, works everywhere, CPU only).
+EGL history (``benchmarks/gpu_render_check.sh``, ``benchmarks/egl_diagnose.py``, figures in
+benchmarks/RESULTS.md): on an H100 closing one ``OffscreenRenderer`` terminated the EGL display
+shared by the others (fixed by :func:`_patch_egl_teardown`); masks, depth and single-pixel
+triangles differed from the reference rasterization because of pyrender's 4x MSAA depth resolve
+(fixed by :func:`_patch_framebuffer`: on an H200 mask IoU 0.989-0.998, depth 300/300, 12/12
+single-pixel triangles, tests/test_synthetic.py all pass); NVIDIA clears a 0.5 background
+channel to 127 where Mesa writes 128, so ``render.MeshRenderer`` sets undrawn pixels itself.
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def setup_headless(platform: str | None = None) -> str:
 
     Args:
         platform: ``"egl"`` or ``"osmesa"``; None = ``$MOUSE_FACELIFT_GL`` if set, else the
-            headless platform PyOpenGL already loaded (if any), else ``osmesa``.
+            headless platform PyOpenGL already loaded (if any), else ``egl`` on a machine with
+            an NVIDIA GPU and its EGL library, else ``osmesa``.
 
     Sets ``PYOPENGL_PLATFORM`` (process-wide by nature: PyOpenGL reads it once). Idempotent when
     called again with the same platform. Raises ValueError for an unknown platform name and
@@ -112,7 +114,7 @@ def setup_headless(platform: str | None = None) -> str:
         if platform is None and loaded in PLATFORMS:
             platform = loaded  # auto mode: keep the headless platform this process already uses
         elif platform is None:
-            platform = "osmesa"  # EGL is opt-in until validated on NVIDIA (module docstring)
+            platform = "egl" if nvidia_egl_available() else "osmesa"
     platform = platform.strip().lower()
     if platform not in PLATFORMS:
         raise ValueError(f"unknown headless GL platform {platform!r} (from argument or ${ENV_OVERRIDE}); "

@@ -344,10 +344,15 @@ class MeshRenderer:
         cam = _SkewIntrinsicsCamera(pr, 1.0, 1.0, 0.0, 0.0)
         cam_node = scene.add(cam, pose=np.eye(4))
         out = []
+        # Pixels where nothing was drawn get the background colour exactly: drivers convert the
+        # float clear colour to 8 bits differently (0.5 -> 128 with Mesa, 127 on NVIDIA's EGL).
+        bg_rgb = np.round(np.clip(bg, 0.0, 1.0) * 255).astype(np.uint8)
         for K, c2w in zip(Ks, c2ws):
             cam.set(K, *_near_far(v, all_points, c2w))
             scene.set_pose(cam_node, c2w @ CV_TO_GL)
             rgb, depth = self._renderer.render(scene, flags=flags)
+            rgb = np.array(rgb[..., :3])  # writable copy (pyrender may hand out a read-only buffer)
+            rgb[depth <= 0] = bg_rgb
             if extra_nodes:
                 # Mouse-only depth; the mouse is visible where it is the front-most surface.
                 for n in extra_nodes:
@@ -359,7 +364,7 @@ class MeshRenderer:
             else:
                 mask = depth > 0
             depth = np.where(mask, depth, 0.0).astype(np.float32)
-            out.append(RenderOutput(rgb=np.ascontiguousarray(rgb[..., :3]), depth=depth, mask=mask))
+            out.append(RenderOutput(rgb=rgb, depth=depth, mask=mask))
         return out
 
 
