@@ -287,3 +287,16 @@ def test_background_exact_whatever_the_driver_writes_for_the_clear_colour():
         r._renderer.render = off_by_one
         out = r.render(sphere.vertices, sphere.faces, K, c2w, background=(0.0, 0.5, 1.0))
     assert out.mask.any() and np.all(out.rgb[~out.mask] == np.array([0, 128, 255]))
+
+
+def test_uv_seam_split_cache_follows_the_topology():
+    from workflow_scripts.render import split_uv_seams
+
+    r = MeshRenderer(8, 8)  # no GL context needed
+    faces = np.array([[0, 1, 2], [2, 1, 3]])
+    fuv = np.array([[0, 1, 2], [5, 1, 3]])
+    first = r._split_uv_seams(faces, fuv)
+    assert r._split_uv_seams(faces, fuv) is first  # reused
+    fuv[1, 0] = 2  # edited in place: the cache must notice
+    for got, want in zip(r._split_uv_seams(faces, fuv), split_uv_seams(faces, fuv)):
+        np.testing.assert_array_equal(got, want)
