@@ -49,3 +49,28 @@ def test_wrong_shape_and_bad_file(tmp_path):
         f.attrs["schema_version"] = 0
     with pytest.raises(InputError, match="schema version"):
         open_shard(tmp_path / "old.h5")
+
+
+def test_parallel_lzf_chunks_read_back_through_h5py(tmp_path):
+    """Large fields are compressed in the writer's threads and stored as whole chunks; h5py reads
+    them back exactly, compressible ones compressed (filter mask 0), random ones stored raw."""
+    from workflow_scripts.h5chunks import lzf_threads_available
+
+    rng = np.random.default_rng(1)
+    V, S = 4, 64
+    smooth = np.broadcast_to(np.arange(S, dtype=np.uint8)[None, :, None, None], (V, S, S, 3)).copy()
+    noisy = rng.integers(0, 256, (V, S, S, 3), dtype=np.uint8)
+    depth = rng.random((V, S, S)).astype(np.float32)
+    p = tmp_path / "s.h5"
+    with ShardWriter(p, "synthetic", V, S, {}) as w:
+        for i, img in enumerate((smooth, noisy)):
+            w.add(images=img, masks=(img[..., 0] > 30).astype(np.uint8) * 255, K=np.tile(np.eye(3), (V, 1, 1)),
+                  c2w=np.tile(np.eye(4), (V, 1, 1)), frame_index=i, session="s", depth=depth * (i + 1))
+    with open_shard(p) as f:
+        np.testing.assert_array_equal(f["images"][0], smooth)
+        np.testing.assert_array_equal(f["images"][1], noisy)
+        np.testing.assert_array_equal(f["depth"][1], depth * 2)
+        if lzf_threads_available():
+            mask0, data0 = f["images"].id.read_direct_chunk((0, 0, 0, 0, 0))
+            mask1, _ = f["images"].id.read_direct_chunk((1, 0, 0, 0, 0))
+            assert mask0 == 0 and len(data0) < smooth.nbytes // 4 and mask1 == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ import numpy as np
 
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
+from workflow_scripts.h5chunks import lzf_chunk, lzf_threads_available
 
 SCHEMA_VERSION = 1
 KINDS = ("real", "synthetic")
@@ -70,6 +72,12 @@ class ShardWriter:
         self._f.attrs.update(schema_version=SCHEMA_VERSION, kind=kind, image_size=self.S, num_views=self.V,
                              params_json=pj, params_hash=params_hash(params))
         self._f.create_dataset("session", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(256,))
+        # The large per-sample fields (images, masks, depth: one chunk each per sample) are
+        # LZF-compressed in parallel here and stored as whole chunks (workflow_scripts/h5chunks.py):
+        # h5py compresses them one after the other, ~100 ms per 32-view sample, which was the
+        # synthetic job's bottleneck once rendering ran on a GPU.
+        self._pool = ThreadPoolExecutor(3, thread_name_prefix="shard-lzf") if lzf_threads_available() else None
+        self._stack.callback(lambda: self._pool and self._pool.shutdown(wait=True))
 
     def _dataset(self, name: str, dtype, shape: tuple[int, ...]) -> h5py.Dataset:
         if name in self._f:
@@ -95,16 +103,28 @@ class ShardWriter:
                 raise ValueError("synthetic samples need depth")
             fields["depth"] = depth
             specs.update(_SYNTHETIC)
+        arrays = []
         for name, value in fields.items():
             dtype, shape_fn = specs[name]
             arr = np.asarray(value, dtype=dtype)
             want = shape_fn(self.V, self.S)
             if arr.shape != want:
                 raise ValueError(f"{self.path}: {name} has shape {arr.shape}, expected {want}")
-            self._append(name, arr, dtype)
-        for name, value in (extras or {}).items():
-            arr = np.asarray(value)
-            self._append(name, arr, arr.dtype)
+            arrays.append((name, arr))
+        arrays += [(name, np.asarray(value)) for name, value in (extras or {}).items()]
+        compressed = {}
+        for name, arr in arrays:
+            ds = self._dataset(name, arr.dtype, arr.shape)
+            if self._pool is not None and ds.compression == "lzf" and ds.chunks == (1, *arr.shape):
+                compressed[name] = self._pool.submit(lzf_chunk, np.ascontiguousarray(arr))
+        for name, arr in arrays:
+            if name in compressed:
+                ds = self._f[name]
+                ds.resize((self._n + 1, *arr.shape))
+                mask, data = compressed[name].result()
+                ds.id.write_direct_chunk((self._n,) + (0,) * arr.ndim, data, filter_mask=mask)
+            else:
+                self._append(name, arr, arr.dtype)
         ds = self._f["session"]
         ds.resize((self._n + 1,))
         ds[self._n] = session
