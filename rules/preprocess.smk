@@ -111,7 +111,7 @@ rule locate_mouse:
         log_path("locate_mouse", "{session}"),
     benchmark:
         bench_path("locate_mouse", "{session}")
-    threads: 4
+    threads: 2
     resources:
         mem_mb=1000,
         runtime=30,
