@@ -62,7 +62,7 @@ def test_parallel_lzf_chunks_read_back_through_h5py(tmp_path):
     noisy = rng.integers(0, 256, (V, S, S, 3), dtype=np.uint8)
     depth = rng.random((V, S, S)).astype(np.float32)
     p = tmp_path / "s.h5"
-    with ShardWriter(p, "synthetic", V, S, {}) as w:
+    with ShardWriter(p, "synthetic", V, S, {}, compress_threads=2) as w:
         for i, img in enumerate((smooth, noisy)):
             w.add(images=img, masks=(img[..., 0] > 30).astype(np.uint8) * 255, K=np.tile(np.eye(3), (V, 1, 1)),
                   c2w=np.tile(np.eye(4), (V, 1, 1)), frame_index=i, session="s", depth=depth * (i + 1))

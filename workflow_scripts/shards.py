@@ -59,7 +59,8 @@ class ShardWriter:
     store per-file data such as ``faces``.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str, num_views: int, image_size: int, params: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike, kind: str, num_views: int, image_size: int, params: dict[str, Any],
+                 compress_threads: int = 0):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.path = Path(path)
@@ -72,11 +73,13 @@ class ShardWriter:
         self._f.attrs.update(schema_version=SCHEMA_VERSION, kind=kind, image_size=self.S, num_views=self.V,
                              params_json=pj, params_hash=params_hash(params))
         self._f.create_dataset("session", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(256,))
-        # The large per-sample fields (images, masks, depth: one chunk each per sample) are
-        # LZF-compressed in parallel here and stored as whole chunks (workflow_scripts/h5chunks.py):
-        # h5py compresses them one after the other, ~100 ms per 32-view sample, which was the
-        # synthetic job's bottleneck once rendering ran on a GPU.
-        self._pool = ThreadPoolExecutor(3, thread_name_prefix="shard-lzf") if lzf_threads_available() else None
+        # compress_threads > 0: the large per-sample fields (images, masks, depth: one chunk each
+        # per sample) are LZF-compressed in parallel threads and stored as whole chunks
+        # (workflow_scripts/h5chunks.py). h5py compresses them one after the other, ~100 ms per
+        # 32-view sample: the synthetic job's bottleneck once rendering runs on a GPU. With a CPU
+        # renderer the threads would only take cores from it, hence off by default.
+        use_pool = compress_threads > 0 and lzf_threads_available()
+        self._pool = ThreadPoolExecutor(int(compress_threads), thread_name_prefix="shard-lzf") if use_pool else None
         self._stack.callback(lambda: self._pool and self._pool.shutdown(wait=True))
 
     def _dataset(self, name: str, dtype, shape: tuple[int, ...]) -> h5py.Dataset:

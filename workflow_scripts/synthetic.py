@@ -882,7 +882,12 @@ class ShardJob:
         stats = JobStats(samples=n)
         params = {**asdict(cfg), "seed": self.seed, "shard_index": self.shard_index}
         t_start = time.perf_counter()
-        with ShardWriter(out_path, kind="synthetic", num_views=cfg.num_views, image_size=cfg.image_size, params=params) as w:
+        # Rendering on a GPU (EGL) leaves the CPU free to compress the shard in parallel; with
+        # OSMesa every core renders (benchmarks/synthetic_throughput.py: parallel compression
+        # lowered the ratio there).
+        compress_threads = 3 if os.environ.get("PYOPENGL_PLATFORM") == "egl" else 0
+        with ShardWriter(out_path, kind="synthetic", num_views=cfg.num_views, image_size=cfg.image_size, params=params,
+                         compress_threads=compress_threads) as w:
             w.set_constant("faces", self.model.faces.astype(np.int32))
             bg = _BackgroundWriter(w, stats)
             specs = self.specs(n)
