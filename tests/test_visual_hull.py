@@ -10,7 +10,7 @@ import trimesh
 from workflow_scripts.body_model import center_of_mass
 from workflow_scripts.cameras import Camera, look_at_c2w
 from workflow_scripts.locate import LocateParams, locate_track
-from workflow_scripts.visual_hull import carve, hull_center, project_points
+from workflow_scripts.visual_hull import carve, hull_center, project_in_front
 
 # A "mouse": an ellipsoid body plus a spherical head (mm), up = +z. (centre, semi-axes)
 BODY = (np.array([0.0, 0.0, 20.0]), np.array([40.0, 15.0, 14.0]))
@@ -58,11 +58,11 @@ def scene():
     return cams, [silhouette(c) for c in cams], surface_centroid()
 
 
-def test_project_points_equals_camera_model():
+def test_projection_equals_camera_model_and_drops_points_behind():
     X = np.random.default_rng(0).normal(size=(500, 3)) * 40 + [10, 0, 20]
     for cam in rig():
-        np.testing.assert_allclose(project_points(cam, X), cam.project(X), atol=1e-9)
-    behind = project_points(rig()[0], np.array([[600.0, 200.0, 400.0]]))  # far behind camera 1 (eye ~(287, 89, 180))
+        np.testing.assert_allclose(project_in_front(cam, X), cam.project(X), atol=1e-9)
+    behind = project_in_front(rig()[0], np.array([[600.0, 200.0, 400.0]]))  # far behind camera 1 (eye ~(287, 89, 180))
     assert np.isnan(behind).all()
 
 

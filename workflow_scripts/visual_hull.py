@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import cv2
 import numpy as np
 
-from workflow_scripts.cameras import Camera, distort_normalized
+from workflow_scripts.cameras import Camera
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +62,11 @@ class Hull:
         return self.points(b).mean(axis=0) if b.any() else np.full(3, np.nan)
 
 
-def project_points(camera: Camera, X: np.ndarray) -> np.ndarray:
-    """World points X [N, 3] -> continuous corner-origin pixels [N, 2] with distortion and skew
-    (NaN behind the camera); :meth:`Camera.project` with the points behind the camera masked."""
-    Xc = X @ camera.R.T + camera.t
-    front = Xc[:, 2] > 1e-9
-    xn = Xc[:, :2] / np.where(front, Xc[:, 2], 1.0)[:, None]
-    xd = distort_normalized(xn, camera.dist)
-    K = camera.K  # maps to corner-origin pixels already (docs/conventions.md)
-    uv = np.stack([K[0, 0] * xd[:, 0] + K[0, 1] * xd[:, 1] + K[0, 2], K[1, 1] * xd[:, 1] + K[1, 2]], axis=-1)
-    uv[~front] = np.nan
+def project_in_front(camera: Camera, X: np.ndarray) -> np.ndarray:
+    """:meth:`Camera.project` of world points X [N, 3] (continuous corner-origin pixels [N, 2],
+    distortion and skew included), NaN for points behind the camera."""
+    uv = camera.project(X)
+    uv[camera.to_camera(X)[:, 2] <= 1e-9] = np.nan
     return uv
 
 
@@ -98,7 +94,7 @@ def carve(cameras: Sequence[Camera], masks: Sequence[np.ndarray | None], origin:
     for cam, m in zip(cameras, masks):
         if m is None:
             continue
-        hit = _inside(m, project_points(cam, pts[alive]))
+        hit = _inside(m, project_in_front(cam, pts[alive]))
         misses[alive[~hit]] += 1
         alive = alive[misses[alive] <= max_misses]
         if len(alive) == 0:
@@ -113,13 +109,13 @@ def initial_half_size(cameras: Sequence[Camera], masks: Sequence[np.ndarray | No
     mask bounding-box side, back-projected to the centre's depth (pixels x z / f), over cameras."""
     sizes = []
     for cam, m in zip(cameras, masks):
-        if m is None or not m.any():
+        if m is None:
             continue
-        ys, xs = np.nonzero(m)
+        _, _, w, h = cv2.boundingRect(np.asarray(m, dtype=np.uint8))  # box of the nonzero pixels
         z = float((cam.R @ center + cam.t)[2])
         f = 0.5 * (cam.K[0, 0] + cam.K[1, 1])
-        if z > 0:
-            sizes.append(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) * z / f)
+        if w > 0 and z > 0:
+            sizes.append(max(w, h) * z / f)
     return margin * max(sizes) if sizes else float("nan")
 
 
