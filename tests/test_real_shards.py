@@ -132,6 +132,13 @@ def test_bad_inputs(session):
     with pytest.raises(InputError, match="not found"):
         run_crop_shards({**s["frames_h5"], "camB": str(s["tmp"] / "nope.h5")}, s["masks_h5"], s["cameras_json"],
                         s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
+    small = s["tmp"] / "masks_small.h5"  # masks of another image size than camB's calibration
+    with h5py.File(small, "w") as f:
+        f.create_dataset("masks", data=np.zeros((T, H // 2, W, 3), np.uint8))
+        f.create_dataset("frame_index", data=s["frame_index"])
+    with pytest.raises(InputError, match=r"masks_small.h5: masks .* do not match camera 'camB'"):
+        run_crop_shards(s["frames_h5"], {**s["masks_h5"], "camB": str(small)}, s["cameras_json"],
+                        s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
     with h5py.File(s["masks_h5"]["camB"], "r+") as f:
         f["frame_index"][0] = 999
     with pytest.raises(InputError, match="frame_index of camera 'camB'"):

@@ -400,18 +400,12 @@ def summarize(table: pd.DataFrame) -> dict[str, int]:
 
 def _mask_source(stack: ExitStack, masks_h5: Mapping[str, str], cams: Sequence[Camera]) -> MaskSource:
     """(camera, frame index) -> mask [H, W] read from the masks rule's HDF5 files (opened in ``stack``)."""
-    from workflow_scripts.real_shards import _open_per_camera  # noqa: PLC0415  (real_shards imports this module)
+    from workflow_scripts.real_shards import open_per_camera  # noqa: PLC0415  (real_shards imports this module)
 
-    names = [c.name for c in cams]
-    files = _open_per_camera(dict(masks_h5), names, "masks", "masks")
-    rows = {}
-    for cam in cams:
-        f = files[cam.name]
+    files = open_per_camera(dict(masks_h5), list(cams), "masks", "masks")
+    for f in files.values():
         stack.callback(f.close)
-        if tuple(f["masks"].shape[1:3]) != (cam.height, cam.width):
-            raise InputError(f"{f.filename}: masks {f['masks'].shape[1:3]} do not match camera {cam.name!r} size "
-                             f"{cam.height}x{cam.width}. Fix: check the calibration or rerun the masks rule.")
-        rows[cam.name] = {int(v): i for i, v in enumerate(f["frame_index"][:])}
+    rows = {name: {int(v): i for i, v in enumerate(f["frame_index"][:])} for name, f in files.items()}
 
     def read(name: str, frame_index: int) -> np.ndarray:
         row = rows[name].get(int(frame_index))

@@ -107,22 +107,30 @@ def norm_from_raw(normalization: Normalization | dict[str, Any], center_raw: np.
     return _locate_norm_from_raw(normalization, np.asarray(center_raw, dtype=np.float64))
 
 
-def _open_per_camera(files: dict[str, str], names: list[str], dataset: str, what: str) -> dict[str, h5py.File]:
-    """Open one HDF5 per camera (in ``names`` order), checking presence and datasets."""
+def open_per_camera(files: dict[str, str], cameras: list[Camera], dataset: str, what: str) -> dict[str, h5py.File]:
+    """Open one HDF5 per camera (in ``cameras`` order), checking presence, datasets and that
+    ``dataset`` [T, H, W, ...] has each camera's image size. The caller closes the files."""
+    names = [c.name for c in cameras]
     missing = [n for n in names if n not in files]
     if missing:
         raise InputError(f"{what}: no file given for cameras {missing} (cameras JSON has {names}). "
                          "Fix: check the session's camera names in the config.")
     out: dict[str, h5py.File] = {}
-    for n in names:
-        p = Path(files[n])
-        if not p.exists():
-            raise InputError(f"{p}: {what} file of camera {n!r} not found. Fix: run the rule that makes it.")
-        f = h5py.File(p, "r")
-        if dataset not in f or "frame_index" not in f:
+    try:
+        for cam in cameras:
+            p = Path(files[cam.name])
+            if not p.exists():
+                raise InputError(f"{p}: {what} file of camera {cam.name!r} not found. Fix: run the rule that makes it.")
+            f = out[cam.name] = h5py.File(p, "r")
+            if dataset not in f or "frame_index" not in f:
+                raise InputError(f"{p}: lacks '{dataset}'/'frame_index'. Fix: delete it and rerun the rule that makes it.")
+            if tuple(f[dataset].shape[1:3]) != (cam.height, cam.width):
+                raise InputError(f"{p}: {what} {tuple(f[dataset].shape[1:3])} do not match camera {cam.name!r} size "
+                                 f"{cam.height}x{cam.width}. Fix: check the calibration.")
+    except BaseException:
+        for f in out.values():
             f.close()
-            raise InputError(f"{p}: lacks '{dataset}'/'frame_index'. Fix: delete it and rerun the rule that makes it.")
-        out[n] = f
+        raise
     return out
 
 
@@ -154,9 +162,11 @@ def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras
     attrs = {**params, "crop": cp.to_dict(), "chunk": int(chunk), "num_chunks": int(num_chunks), "session": session}
 
     with contextlib.ExitStack() as stack:
-        ff = _open_per_camera(frames_h5, names, "frames", "frames")
-        mf = _open_per_camera(masks_h5, names, "masks", "masks")
-        for f in (*ff.values(), *mf.values()):
+        ff = open_per_camera(frames_h5, cameras, "frames", "frames")
+        for f in ff.values():
+            stack.callback(f.close)
+        mf = open_per_camera(masks_h5, cameras, "masks", "masks")
+        for f in mf.values():
             stack.callback(f.close)
         ref = ff[names[0]]["frame_index"][:].astype(np.int64)
         for n in names:
@@ -166,11 +176,6 @@ def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras
                     raise InputError(f"{f.filename}: frame_index of camera {n!r} ({what}) differs from camera "
                                      f"{names[0]!r} frames ({len(fi)} vs {len(ref)} frames). Fix: rerun extract_frames/masks "
                                      "with the same start_frame/max_frames/stride for every camera.")
-            img_shape = ff[n]["frames"].shape[1:3]
-            cam = cameras[names.index(n)]
-            if tuple(img_shape) != (cam.height, cam.width) or tuple(mf[n]["masks"].shape[1:3]) != (cam.height, cam.width):
-                raise InputError(f"{ff[n].filename}: frames {tuple(img_shape)} / masks {mf[n]['masks'].shape[1:3]} do not "
-                                 f"match camera {n!r} size {cam.height}x{cam.width} in {cameras_json}. Fix: check the calibration.")
         row_of = {int(v): i for i, v in enumerate(ref)}
         valid = centers[centers["valid"]]
         mine = chunk_frames(valid["frame_index"].to_numpy(), chunk, num_chunks)
