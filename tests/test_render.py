@@ -290,13 +290,17 @@ def test_background_exact_whatever_the_driver_writes_for_the_clear_colour():
 
 
 def test_uv_seam_split_cache_follows_the_topology():
-    from workflow_scripts.render import split_uv_seams
+    from workflow_scripts.render import _split_uv_seams, split_uv_seams
 
-    r = MeshRenderer(8, 8)  # no GL context needed
     faces = np.array([[0, 1, 2], [2, 1, 3]])
     fuv = np.array([[0, 1, 2], [5, 1, 3]])
-    first = r._split_uv_seams(faces, fuv)
-    assert r._split_uv_seams(faces, fuv) is first  # reused
+    first = split_uv_seams(faces, fuv)
+    assert split_uv_seams(faces, fuv) is first  # reused
     fuv[1, 0] = 2  # edited in place: the cache must notice
-    for got, want in zip(r._split_uv_seams(faces, fuv), split_uv_seams(faces, fuv)):
-        np.testing.assert_array_equal(got, want)
+    got = split_uv_seams(faces, fuv)
+    assert got is not first
+    uncached = _split_uv_seams.__wrapped__(faces.astype(np.int64).tobytes(), fuv.astype(np.int64).tobytes(), faces.shape)
+    for g, want in zip(got, uncached):
+        np.testing.assert_array_equal(g, want)
+    np.testing.assert_array_equal(got[0][got[2]], faces)  # render vertices map back to the mesh
+    np.testing.assert_array_equal(got[1][got[2]], fuv)
