@@ -1,6 +1,6 @@
 # Real recordings -> mouse-centred, exactly posed crops in HDF5 shards.
-# Per session: check_sync -> extract_frames (per camera) -> masks (per camera) ->
-# calibration -> locate_mouse -> crop_shards (per chunk).
+# Per session: check_sync -> masks (per camera: decodes the video once; keeps masks and the
+# pixels around the mouse) -> calibration -> locate_mouse -> crop_shards (per chunk).
 
 
 rule check_sync:
@@ -25,45 +25,27 @@ rule check_sync:
         "../workflow_scripts/entry/check_sync.py"
 
 
-rule extract_frames:
+rule masks:
     input:
         video=lambda w: sessions()[w.session]["videos"][w.camera],
         sync="results/frames/{session}/sync.json",
-    output:
-        "results/frames/{session}/{camera}.h5",
-    params:
-        frames=config["frames"],
-        offset=lambda w: (sessions()[w.session].get("frame_offsets") or {}).get(w.camera, 0),
-    log:
-        log_path("extract_frames", "{session}/{camera}"),
-    benchmark:
-        bench_path("extract_frames", "{session}/{camera}")
-    threads: 2
-    resources:
-        mem_mb=2000,
-        runtime=120,
-    conda:
-        "../envs/preprocess.yaml"
-    script:
-        "../workflow_scripts/entry/extract_frames.py"
-
-
-rule masks:
-    input:
-        frames="results/frames/{session}/{camera}.h5",
         external=lambda w: [(sessions()[w.session].get("masks") or {})[w.camera]] if (sessions()[w.session].get("masks") or {}).get(w.camera) else [],
     output:
         masks="results/masks/{session}/{camera}.h5",
         qc="results/masks/{session}/{camera}_qc.csv",
     params:
+        frames=config["frames"],
+        offset=lambda w: (sessions()[w.session].get("frame_offsets") or {}).get(w.camera, 0),
         masks=config["masks"],
+        # whole frames only when the crop keeps the background; else the pixels around the mouse
+        store_frames="full" if config["crop"]["background"] == "keep" else "mouse",
     log:
         log_path("masks", "{session}/{camera}"),
     benchmark:
         bench_path("masks", "{session}/{camera}")
-    threads: 1
+    threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         runtime=120,
     conda:
         "../envs/preprocess.yaml"
@@ -123,7 +105,6 @@ rule locate_mouse:
 
 rule crop_shards:
     input:
-        frames=lambda w: expand("results/frames/{{session}}/{camera}.h5", camera=cameras(w.session)),
         masks=lambda w: expand("results/masks/{{session}}/{camera}.h5", camera=cameras(w.session)),
         cameras="results/calibration/{session}/cameras.json",
         centers="results/locate/{session}/centers.csv",

@@ -194,6 +194,12 @@ def test_invalid_views_are_flagged(setup):
     m[200:300, 0:50] = 255
     r = crop_view(img, m, prep, X_c, N, S=64)
     assert not r.valid and "border" in r.reason
+    # the same from a part of the frame: touching the frame's left edge counts, the part's own edge does not
+    part = np.ascontiguousarray(m[150:350, 0:128])
+    assert "border" in crop_view(img[150:350, 0:128], part, prep, X_c, N, S=64, origin=(0, 150)).reason
+    inner = np.zeros((200, 128), np.uint8)
+    inner[50:150, 0:50] = 255  # touches the part's left edge at x = 64 of the frame
+    assert "border" not in crop_view(img[150:350, 64:192], inner, prep, X_c, N, S=64, origin=(64, 150)).reason
     behind = cam.center + 2 * (cam.center - X_c)
     r = crop_view(img, disk_mask(cam, X_c), prep, behind, N, S=64)
     assert not r.valid and "behind" in r.reason
@@ -221,7 +227,13 @@ def test_bad_inputs_raise(setup):
     cam, prep, X_c = setup
     with pytest.raises(InputError, match="norm"):
         split_similarity(np.diag([1.0, 1.0, -1.0, 1.0]))
-    with pytest.raises(InputError, match="calibration"):
-        crop_view(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8), prep, X_c, np.eye(4))
+    big = (cam.height + 2, cam.width)
+    with pytest.raises(InputError, match="calibration"):  # larger than the camera's image
+        crop_view(np.zeros((*big, 3), np.uint8), np.zeros(big, np.uint8), prep, X_c, np.eye(4))
+    with pytest.raises(InputError, match="calibration"):  # a part reaching beyond the image
+        crop_view(np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), np.uint8), prep, X_c, np.eye(4),
+                  origin=(cam.width - 5, 0))
+    with pytest.raises(InputError, match="calibration"):  # image and mask of different sizes
+        crop_view(np.zeros((10, 12, 3), np.uint8), np.zeros((10, 10), np.uint8), prep, X_c, np.eye(4))
     with pytest.raises(InputError, match="background"):
         CropParams(background="green")

@@ -54,7 +54,7 @@ def test_a_synthetic_parameter_leaves_real_preprocessing_alone(demo_run, repo_ro
     changed = {**tiny, "synthetic": {**tiny["synthetic"], "fov_deg": 40.0}}
     rules = set(smk.run(repo_root, ["train_mouse"], config=changed, workdir=work))
     assert "synthetic_shards" in rules and "train_synthetic" in rules
-    assert not rules & {"demo_recording", "extract_frames", "masks", "calibration", "locate_mouse", "crop_shards"}
+    assert not rules & {"demo_recording", "masks", "calibration", "locate_mouse", "crop_shards"}
 
 
 def test_snakemake_report_bundles_the_report_and_qc_figures(demo_run, repo_root, mammal_dir, tmp_path):

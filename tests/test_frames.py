@@ -1,4 +1,5 @@
-"""extract_frames step: HDF5 layout, common frame indices with offsets, synchronization checks."""
+"""Frame selection (read by the masks step): common frame indices with offsets, stride and
+max_frames, checks against the calibration, truncated videos, synchronization checks."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.frames import check_synchronized, run_extract_frames, selected_video_indices
+from workflow_scripts.frames import check_synchronized, selected_video_indices
+from workflow_scripts.masks import MaskConfig, run_masks
 from workflow_scripts.video import VideoInfo, iter_frames, probe_video, write_video
 
 W, H, N = 48, 32, 30
@@ -35,29 +37,35 @@ def video(tmp_path_factory):
     return str(path)
 
 
-def test_extract_layout_and_indices(video, tmp_path):
+def _select(video, out, **kw):
+    """run_masks keeping whole frames: the selection's frames, as decoded, in `frames`."""
+    return run_masks(video, str(out), str(out.with_suffix(".csv")), MaskConfig(background_samples=5),
+                     store_frames="full", **kw)
+
+
+def test_selection_layout_and_indices(video, tmp_path):
     out = tmp_path / "f.h5"
-    T = run_extract_frames(video, str(out), start_frame=2, max_frames=5, stride=3, offset=4,
-                           expected={"width": W, "height": H, "fps": 25, "camera": "cam2"})
-    assert T == 5
+    qc = _select(video, out, start_frame=2, max_frames=5, stride=3, offset=4,
+                 expected={"width": W, "height": H, "fps": 25, "camera": "cam2"})
+    assert len(qc) == 5
     with h5py.File(out, "r") as f:
         frames, fi = f["frames"], f["frame_index"][:]
-        assert frames.shape == (5, H, W, 3) and frames.dtype == np.uint8
-        assert frames.chunks == (1, H, W, 3) and frames.compression == "lzf"
-        assert fi.dtype == np.int64
+        assert frames.shape == (5, H, W, 3) and frames.dtype == np.uint8 and fi.dtype == np.int64
         # common indices s = 2, 5, 8, 11, 14 read video frames v = s + 4
         np.testing.assert_array_equal(fi, [2, 5, 8, 11, 14])
+        np.testing.assert_array_equal(qc["frame_index"], fi)
         assert [bar_length(frames[k]) for k in range(5)] == [s + 4 + 4 for s in fi]
+        np.testing.assert_array_equal(f["stored_box"][:], [[0, 0, W, H]] * 5)
         a = dict(f.attrs)
         assert a["camera"] == "cam2" and a["fps"] == 25.0 and a["width"] == W and a["height"] == H
-        assert a["stride"] == 3 and a["offset"] == 4 and a["source"] == video
+        assert a["stride"] == 3 and a["offset"] == 4 and a["source"] == video and a["store_frames"] == "full"
         assert a["num_frames_source"] == N
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv", "f.h5"]
 
 
-def test_extract_all_frames_matches_decoder(video, tmp_path):
+def test_all_frames_match_decoder(video, tmp_path):
     out = tmp_path / "all.h5"
-    assert run_extract_frames(video, str(out)) == N
+    assert len(_select(video, out)) == N
     ref = [f for _, f in iter_frames(video)]
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["frames"][:], np.stack(ref))
@@ -77,8 +85,8 @@ def test_selection_clips_at_end():
 
 def test_expected_mismatch(video, tmp_path):
     with pytest.raises(InputError, match=r"cam2\.mp4.*width is 48, expected 1152"):
-        run_extract_frames(video, str(tmp_path / "x.h5"), expected={"width": 1152, "camera": "cam2"})
-    assert not (tmp_path / "x.h5").exists()
+        _select(video, tmp_path / "x.h5", expected={"width": 1152, "camera": "cam2"})
+    assert not list(tmp_path.iterdir())
 
 
 def test_truncated_video_leaves_no_output(tmp_path):
@@ -88,8 +96,7 @@ def test_truncated_video_leaves_no_output(tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
     with pytest.raises(InputError, match="cut.mp4"):
-        run_extract_frames(str(cut), str(tmp_path / "o.h5"))
-    assert not (tmp_path / "o.h5").exists()
+        _select(str(cut), tmp_path / "o.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "full.mp4"]
 
 
@@ -124,51 +131,3 @@ def test_check_synchronized_real_videos(video, tmp_path):
     check_synchronized(infos, {"cam5": 2})
     with pytest.raises(InputError, match="cam5.mp4"):
         check_synchronized(infos, {"cam5": 0})
-
-
-@pytest.mark.parametrize("compression", ["lzf", None])
-def test_extract_compressions_match_decoder(video, tmp_path, compression):
-    """Both storage paths (threaded LZF chunks, raw chunks) hold exactly the decoded frames."""
-    out = tmp_path / "f.h5"
-    assert run_extract_frames(video, str(out), compression=compression, workers=3) == N
-    with h5py.File(out, "r") as f:
-        assert f["frames"].compression == compression and f["frames"].chunks == (1, H, W, 3)
-        np.testing.assert_array_equal(f["frames"][:], np.stack([fr for _, fr in iter_frames(video)]))
-
-
-def test_write_frames_reads_back_like_h5py_writes(tmp_path):
-    """write_frames vs dset[k] = frame: same content for compressible frames, incompressible
-    ones (stored raw, filter skipped), 1 or 3 threads, and a layout it must leave to h5py."""
-    from workflow_scripts.h5chunks import lzf_threads_available, write_frames
-
-    assert lzf_threads_available()  # the pinned h5py exports lzf_compress: the fast path is on
-    rng = np.random.default_rng(0)
-    frames = [np.full((40, 56, 3), k, np.uint8) for k in range(5)]
-    frames += [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
-    with h5py.File(tmp_path / "w.h5", "w") as f:
-        for name, kw, workers in (("lzf1", {"compression": "lzf"}, 1), ("lzf3", {"compression": "lzf"}, 3),
-                                  ("raw", {}, 2), ("gzip", {"compression": "gzip"}, 2),
-                                  ("tiles", {"compression": "lzf", "chunks": (1, 20, 28, 3)}, 2)):
-            d = f.create_dataset(name, shape=(len(frames), 40, 56, 3), dtype=np.uint8,
-                                 chunks=kw.pop("chunks", (1, 40, 56, 3)), **kw)
-            assert write_frames(d, iter(frames), workers=workers) == len(frames)
-            np.testing.assert_array_equal(d[:], np.stack(frames), err_msg=name)
-        masks = [f["lzf3"].id.read_direct_chunk((k, 0, 0, 0))[0] for k in range(len(frames))]
-        assert masks[:5] == [0] * 5 and masks[5:] == [1] * 4  # random frames: LZF declined, raw
-
-
-def test_write_frames_errors(tmp_path):
-    from workflow_scripts.h5chunks import write_frames
-
-    def failing():
-        yield np.zeros((4, 6, 3), np.uint8)
-        raise InputError("decoder broke")
-
-    with h5py.File(tmp_path / "e.h5", "w") as f:
-        d = f.create_dataset("x", shape=(3, 4, 6, 3), dtype=np.uint8, chunks=(1, 4, 6, 3), compression="lzf")
-        with pytest.raises(InputError, match="decoder broke"):
-            write_frames(d, failing())
-        with pytest.raises(ValueError, match="frame 0 of shape"):
-            write_frames(d, [np.zeros((4, 5, 3), np.uint8)])
-        with pytest.raises(ValueError, match="frame 3 of shape"):
-            write_frames(d, [np.zeros((4, 6, 3), np.uint8)] * 4)

@@ -9,10 +9,9 @@ import pytest
 from PIL import Image
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.frames import run_extract_frames
-from workflow_scripts.masks import (MaskConfig, compute_mask, estimate_background, mask_iou,
-                                    mask_qc, run_masks)
-from workflow_scripts.video import write_video
+from workflow_scripts.masks import (FRAME_MARGIN, MaskConfig, compute_mask, estimate_background, mask_iou,
+                                    mask_qc, run_masks, stored_region)
+from workflow_scripts.video import iter_frames, write_video
 
 W, H, T = 192, 144, 24
 
@@ -42,24 +41,49 @@ def scene(t: int) -> np.ndarray:
     return f
 
 
+def image_folder(path, frames) -> str:
+    """Frames as a folder of PNGs: a lossless 'video' (the masks step reads image folders too)."""
+    path.mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(path / f"{t:05d}.png")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
-def frames_h5(tmp_path_factory):
-    d = tmp_path_factory.mktemp("masks")
-    video = d / "cam1.mp4"
-    write_video(video, (scene(t) for t in range(T)), fps=30, crf=16)
-    out = d / "frames.h5"
-    run_extract_frames(str(video), str(out))
-    return out
+def video(tmp_path_factory):
+    """The moving blob as H.264 with one keyframe (libx264's default interval > T)."""
+    path = tmp_path_factory.mktemp("masks") / "cam1.mp4"
+    write_video(path, (scene(t) for t in range(T)), fps=30, crf=16)
+    return str(path)
 
 
-def test_background_is_median_without_the_mouse(frames_h5):
-    bg = estimate_background(frames_h5, samples=T)
+def test_background_is_median_without_the_mouse(video):
+    bg, used = estimate_background(video, samples=T)
+    np.testing.assert_array_equal(used, np.arange(T))  # one keyframe only: every frame, decoded in one pass
     diff = np.abs(bg.astype(int) - background_texture().astype(int)).max(axis=2)
     # Only codec noise (same size as in any decoded frame) remains ...
     assert np.median(diff) < 8 and np.percentile(diff, 99) < 25
     # ... and no trace of the dark blob (it differs from the floor by ~100) anywhere it went.
     assert diff.max() < 60
-    np.testing.assert_array_equal(bg, estimate_background(frames_h5, samples=T))  # deterministic
+    np.testing.assert_array_equal(bg, estimate_background(video, samples=T)[0])  # deterministic
+
+
+def test_background_from_keyframes_without_a_second_pass(tmp_path):
+    """With keyframes every 4 frames, 6 samples of frames 2..21 are the keyframes at or before
+    evenly spaced targets, decoded alone: they equal those frames of a full decode."""
+    path = tmp_path / "gop4.mp4"
+    write_video(path, (scene(t) for t in range(T)), fps=30, crf=16, gop=4)
+    vids = range(2, 22)
+    bg, used = estimate_background(path, vids, samples=6)
+    targets = [vids[i] for i in np.round(np.linspace(0, len(vids) - 1, 6)).astype(int)]  # 2, 6, 10, 13, 17, 21
+    np.testing.assert_array_equal(used, [t // 4 * 4 for t in targets])  # 0, 4, 8, 12, 16, 20
+    decoded = dict(iter_frames(path))
+    from workflow_scripts.masks import median_uint8
+
+    np.testing.assert_array_equal(bg, median_uint8(np.stack([decoded[int(i)] for i in used])))
+    # Too few distinct keyframes (14 targets, 6 keyframes): the targets themselves, in one pass
+    bg2, used2 = estimate_background(path, vids, samples=14)
+    assert len(used2) == 14 and used2[0] == 2 and used2[-1] == 21
 
 
 def test_compute_mask_exact_frames():
@@ -70,17 +94,28 @@ def test_compute_mask_exact_frames():
         assert mask_iou(m, blob_mask(t)) >= 0.97
 
 
-def test_run_masks_iou_and_qc(frames_h5, tmp_path):
+def test_run_masks_iou_and_qc(video, tmp_path):
     out, qc_csv = tmp_path / "m.h5", tmp_path / "qc.csv"
-    qc = run_masks(str(frames_h5), str(out), str(qc_csv), MaskConfig(background_samples=T))
+    qc = run_masks(video, str(out), str(qc_csv), MaskConfig(background_samples=T))
+    decoded = [f for _, f in iter_frames(video)]
     with h5py.File(out, "r") as f:
-        masks = f["masks"]
+        masks, frames, boxes = f["masks"], f["frames"], f["stored_box"][:]
         assert masks.shape == (T, H, W) and masks.chunks == (1, 128, 128) and masks.compression == "lzf"
+        assert frames.shape == (T, H, W, 3) and frames.chunks == (1, 128, 128, 3) and frames.compression is None
         # only the tiles that meet the mouse are stored; the others read as 0
-        assert masks.id.get_num_chunks() < T * 4
+        assert masks.id.get_num_chunks() < T * 4 and frames.id.get_num_chunks() < T * 4
         np.testing.assert_array_equal(f["frame_index"][:], np.arange(T))
-        assert f["background"].shape == (H, W, 3)
+        assert f["background"].shape == (H, W, 3) and f.attrs["store_frames"] == "mouse"
         ious = [mask_iou(masks[t], blob_mask(t)) for t in range(T)]
+        for t in range(T):
+            x0, y0, x1, y1 = boxes[t]
+            m = masks[t]
+            assert m.any() and not m[:y0].any() and not m[y1:].any() and not m[:, :x0].any() and not m[:, x1:].any()
+            ys, xs = np.nonzero(m)  # the stored frame pixels reach FRAME_MARGIN beyond the mask ...
+            assert x0 <= max(xs.min() - FRAME_MARGIN, 0) and x1 >= min(xs.max() + 1 + FRAME_MARGIN, W)
+            assert y0 <= max(ys.min() - FRAME_MARGIN, 0) and y1 >= min(ys.max() + 1 + FRAME_MARGIN, H)
+            # ... and are the decoded frame's
+            np.testing.assert_array_equal(frames[t, y0:y1, x0:x1], decoded[t][y0:y1, x0:x1])
     assert min(ious) >= 0.95, ious
     table = pd.read_csv(qc_csv, keep_default_na=False)
     assert list(table.columns) == ["frame_index", "area", "centroid_x", "centroid_y", "bbox_x0",
@@ -133,11 +168,8 @@ def test_empty_and_border_frames_flagged_not_crashing(tmp_path):
     cv2.ellipse(edge, (W - 10, H // 2), (26, 15), 0, 0, 360, 255, -1)
     frames[6] = bg.copy()
     frames[6][edge > 0] = (35, 30, 28)
-    h5 = tmp_path / "frames.h5"
-    with h5py.File(h5, "w") as f:  # exact frames, bypassing the codec
-        f["frames"] = np.stack(frames)
-        f["frame_index"] = np.arange(100, 110, dtype=np.int64)
-    qc = run_masks(str(h5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig())
+    folder = image_folder(tmp_path / "frames", frames)  # exact frames, no codec
+    qc = run_masks(folder, str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), start_frame=100, offset=-100)
     table = pd.read_csv(tmp_path / "qc.csv", keep_default_na=False).set_index("frame_index")
     assert not table.loc[103, "valid"] and table.loc[103, "reason"] == "empty"
     assert not table.loc[106, "valid"] and table.loc[106, "touches_border"]
@@ -147,7 +179,7 @@ def test_empty_and_border_frames_flagged_not_crashing(tmp_path):
     assert list(qc["frame_index"]) == list(range(100, 110))
 
 
-def test_external_masks_replace_builtin(frames_h5, tmp_path):
+def test_external_masks_replace_builtin(video, tmp_path):
     folder = tmp_path / "sam2"
     folder.mkdir()
     ext = [np.zeros((H, W), np.uint8) for _ in range(T)]
@@ -156,7 +188,7 @@ def test_external_masks_replace_builtin(frames_h5, tmp_path):
         m[0:5, 0:5] = 100  # below the 127 binarization threshold -> background
         Image.fromarray(m).save(folder / f"{t:05d}.png")
     out = tmp_path / "m.h5"
-    qc = run_masks(str(frames_h5), str(out), str(tmp_path / "qc.csv"), MaskConfig(), external=str(folder))
+    qc = run_masks(video, str(out), str(tmp_path / "qc.csv"), MaskConfig(), external=str(folder))
     with h5py.File(out, "r") as f:
         assert f.attrs["external"] == str(folder)
         for t in range(T):
@@ -165,12 +197,12 @@ def test_external_masks_replace_builtin(frames_h5, tmp_path):
 
 
 def test_external_mask_video_for_full_source(tmp_path):
-    """Mask video with one mask per *source* frame; extraction used offset and stride."""
+    """Mask video with one mask per *source* frame; the selection used offset and stride."""
     d = tmp_path
     write_video(d / "cam.mp4", (scene(t) for t in range(T)), fps=30)
-    run_extract_frames(str(d / "cam.mp4"), str(d / "f.h5"), start_frame=1, stride=4, offset=2)
     write_video(d / "ext.mp4", (blob_mask(t) for t in range(T)), fps=30, crf=0)
-    run_masks(str(d / "f.h5"), str(d / "m.h5"), str(d / "qc.csv"), MaskConfig(), external=str(d / "ext.mp4"))
+    run_masks(str(d / "cam.mp4"), str(d / "m.h5"), str(d / "qc.csv"), MaskConfig(), external=str(d / "ext.mp4"),
+              start_frame=1, stride=4, offset=2)
     with h5py.File(d / "m.h5", "r") as f:
         fi = f["frame_index"][:]
         np.testing.assert_array_equal(fi, [1, 5, 9, 13, 17, 21])
@@ -178,13 +210,13 @@ def test_external_mask_video_for_full_source(tmp_path):
             assert mask_iou(f["masks"][k], blob_mask(s + 2)) > 0.98  # video index = s + offset
 
 
-def test_external_frame_count_mismatch(frames_h5, tmp_path):
+def test_external_frame_count_mismatch(video, tmp_path):
     folder = tmp_path / "short"
     folder.mkdir()
     for t in range(T - 3):
         Image.fromarray(np.zeros((H, W), np.uint8)).save(folder / f"{t}.png")
     with pytest.raises(InputError, match=f"{folder}.*{T - 3} frames"):
-        run_masks(str(frames_h5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(),
+        run_masks(video, str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(),
                   external=str(folder))
     assert not (tmp_path / "m.h5").exists() and not (tmp_path / "qc.csv").exists()
 
@@ -198,9 +230,17 @@ def test_mask_iou():
     assert mask_iou(a, b) == pytest.approx(4 / 12)
 
 
-def test_missing_frames_file(tmp_path):
-    with pytest.raises(InputError, match="nofile.h5"):
-        estimate_background(tmp_path / "nofile.h5")
+def test_missing_video(tmp_path):
+    with pytest.raises(InputError, match="nofile.mp4"):
+        run_masks(str(tmp_path / "nofile.mp4"), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig())
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_stored_region_is_tile_aligned_and_covers_the_margin():
+    assert stored_region(None, 300, 400) == (0, 0, 0, 0)
+    assert stored_region((130, 10, 140, 20), 300, 400) == (128, 0, 256, 128)
+    assert stored_region((126, 126, 127, 127), 300, 400) == (0, 0, 256, 256)  # the margin crosses into the next tiles
+    assert stored_region((390, 290, 400, 300), 300, 400) == (384, 256, 400, 300)  # clipped to the image
 
 
 def test_fast_largest_filled_equals_component_then_fill():
@@ -307,11 +347,8 @@ def test_external_masks_stored_exactly_in_tiles(tmp_path):
     truth[1, 290:300, 200:280] = 255
     for t in range(n):
         Image.fromarray(truth[t]).save(ext / f"m{t:02d}.png")
-    fh5 = tmp_path / "frames.h5"
-    with h5py.File(fh5, "w") as f:
-        f["frames"] = frames
-        f["frame_index"] = np.arange(n)
-    run_masks(str(fh5), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), external=str(ext))
+    folder = image_folder(tmp_path / "frames", frames)
+    run_masks(folder, str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), external=str(ext))
     with h5py.File(tmp_path / "m.h5", "r") as f:
         np.testing.assert_array_equal(f["masks"][:], truth)
 

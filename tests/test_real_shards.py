@@ -13,6 +13,7 @@ from workflow_scripts.atomic import write_json
 from workflow_scripts.cameras import Camera, cameras_to_json, look_at_c2w
 from workflow_scripts.crop import project_pinhole
 from workflow_scripts.errors import InputError
+from workflow_scripts.masks import MaskStore, _nonzero_box
 from workflow_scripts.real_shards import chunk_frames, export_facelift_folder, norm_from_raw, run_crop_shards
 from workflow_scripts.shards import open_shard, read_sample
 
@@ -31,27 +32,38 @@ def _cameras():
     return cams
 
 
+def write_masks_files(tmp_path, cams, frames, masks, frame_index, store_frames="mouse", tag=""):
+    """One masks file per camera as the masks step writes them (MaskStore)."""
+    out = {}
+    for cam in cams:
+        p = tmp_path / f"masks{tag}_{cam.name}.h5"
+        fr, ms = frames[cam.name], masks[cam.name]
+        with h5py.File(p, "w") as f:
+            store = MaskStore(f, len(fr), H, W, store_frames)
+            for t in range(len(fr)):
+                store.add(t, fr[t], ms[t], _nonzero_box(ms[t]))
+            store.close()
+            f.create_dataset("frame_index", data=frame_index)
+        out[cam.name] = str(p)
+    return out
+
+
 @pytest.fixture()
 def session(tmp_path):
-    """A 3-camera recording of a coloured disk 'mouse' moving on the floor; frame 3 invalid."""
+    """A 3-camera recording of a coloured disk 'mouse' moving on a textured floor; frame 3 invalid."""
     cams = _cameras()
     frame_index = np.arange(10, 10 + T, dtype=np.int64)
     centers = np.stack([np.linspace(-30, 30, T), np.linspace(20, -10, T), np.full(T, 15.0)], 1)
-    frames_h5, masks_h5 = {}, {}
+    rng = np.random.default_rng(0)
+    frames, masks = {}, {}
     for cam in cams:
-        fr = np.zeros((T, H, W, 3), np.uint8)
+        fr = rng.integers(30, 130, (T, H, W, 3), dtype=np.uint8)
         ms = np.zeros((T, H, W), np.uint8)
         for t in range(T):
             u, v = cam.project(centers[t])
-            fr[t] = (40, 80, 120)
             cv2.circle(fr[t], (int(u), int(v)), 18, (200, 150, 100), -1)
             cv2.circle(ms[t], (int(u), int(v)), 18, 255, -1)
-        for kind, data, d in (("frames", fr, frames_h5), ("masks", ms, masks_h5)):
-            p = tmp_path / f"{kind}_{cam.name}.h5"
-            with h5py.File(p, "w") as f:
-                f.create_dataset(kind, data=data)
-                f.create_dataset("frame_index", data=frame_index)
-            d[cam.name] = str(p)
+        frames[cam.name], masks[cam.name] = fr, ms
     write_json(tmp_path / "cameras.json", cameras_to_json(cams, "test", "test"))
     valid = np.ones(T, bool)
     valid[3] = False
@@ -59,13 +71,15 @@ def session(tmp_path):
                   "valid": valid, "reason": ["" if v else "too few cameras" for v in valid]}).to_csv(tmp_path / "centers.csv", index=False)
     R_up = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # a yaw: z stays up
     write_json(tmp_path / "normalization.json", {"R_up": R_up.tolist(), "scale": 2.7 / 350.0})
-    return dict(frames_h5=frames_h5, masks_h5=masks_h5, cameras_json=str(tmp_path / "cameras.json"),
+    return dict(masks_h5=write_masks_files(tmp_path, cams, frames, masks, frame_index),
+                full_h5=write_masks_files(tmp_path, cams, frames, masks, frame_index, "full", "_full"),
+                cameras_json=str(tmp_path / "cameras.json"),
                 centers_csv=str(tmp_path / "centers.csv"), normalization_json=str(tmp_path / "normalization.json"),
                 cams=cams, centers=centers, frame_index=frame_index, valid=valid, tmp=tmp_path)
 
 
 def _run(s, out, chunk, num_chunks, **kw):
-    return run_crop_shards(s["frames_h5"], s["masks_h5"], s["cameras_json"], s["centers_csv"], s["normalization_json"],
+    return run_crop_shards(kw.get("masks_h5", s["masks_h5"]), s["cameras_json"], s["centers_csv"], s["normalization_json"],
                            str(out), chunk, num_chunks, kw.get("params", PARAMS), session="sess1")
 
 
@@ -124,20 +138,40 @@ def test_empty_chunk_writes_valid_empty_shard(session, caplog):
         assert f["qc/touches_crop_border"].shape == (0, 3)
 
 
+def test_mouse_pixels_alone_crop_like_whole_frames(session):
+    """White/black crops from the pixels kept around the mouse equal those from whole frames, bit
+    for bit; the kept background needs whole frames and says so."""
+    s = session
+    for bg in ("white", "black"):
+        params = {**PARAMS, "background": bg}
+        _run(s, s["tmp"] / f"m_{bg}.h5", 0, 1, params=params)
+        _run(s, s["tmp"] / f"f_{bg}.h5", 0, 1, params=params, masks_h5=s["full_h5"])
+        with h5py.File(s["tmp"] / f"m_{bg}.h5") as fa, h5py.File(s["tmp"] / f"f_{bg}.h5") as fb:
+            for k in ("images", "masks", "K", "c2w", "qc/focal", "view_valid"):
+                np.testing.assert_array_equal(fa[k][:], fb[k][:], err_msg=f"{bg} {k}")
+    keep = {**PARAMS, "background": "keep"}
+    with pytest.raises(InputError, match="needs whole frames"):
+        _run(s, s["tmp"] / "k.h5", 0, 1, params=keep)
+    assert not (s["tmp"] / "k.h5").exists()
+    _run(s, s["tmp"] / "k.h5", 0, 1, params=keep, masks_h5=s["full_h5"])
+    with h5py.File(s["tmp"] / "k.h5") as f:
+        assert (f["images"][0][f["masks"][0] == 0] != 255).any()  # the floor is kept
+
+
 def test_bad_inputs(session):
     s = session
     with pytest.raises(InputError, match="camC"):
-        run_crop_shards({k: v for k, v in s["frames_h5"].items() if k != "camC"}, s["masks_h5"], s["cameras_json"],
+        run_crop_shards({k: v for k, v in s["masks_h5"].items() if k != "camC"}, s["cameras_json"],
                         s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
     with pytest.raises(InputError, match="not found"):
-        run_crop_shards({**s["frames_h5"], "camB": str(s["tmp"] / "nope.h5")}, s["masks_h5"], s["cameras_json"],
+        run_crop_shards({**s["masks_h5"], "camB": str(s["tmp"] / "nope.h5")}, s["cameras_json"],
                         s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
     small = s["tmp"] / "masks_small.h5"  # masks of another image size than camB's calibration
     with h5py.File(small, "w") as f:
         f.create_dataset("masks", data=np.zeros((T, H // 2, W, 3), np.uint8))
         f.create_dataset("frame_index", data=s["frame_index"])
     with pytest.raises(InputError, match=r"masks_small.h5: masks .* do not match camera 'camB'"):
-        run_crop_shards(s["frames_h5"], {**s["masks_h5"], "camB": str(small)}, s["cameras_json"],
+        run_crop_shards({**s["masks_h5"], "camB": str(small)}, s["cameras_json"],
                         s["centers_csv"], s["normalization_json"], str(s["tmp"] / "x.h5"), 0, 1, PARAMS)
     with h5py.File(s["masks_h5"]["camB"], "r+") as f:
         f["frame_index"][0] = 999

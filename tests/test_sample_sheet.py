@@ -222,7 +222,7 @@ def test_dry_run_has_jobs_per_session_of_the_sheet(repo_root, workdir):
     rules = smk.run(repo_root, ["train_mouse"], workdir=workdir, config={"sample_sheet": "sheet.tsv"})
     for rule in ("check_sync", "calibration", "locate_mouse", "crop_shards"):
         assert rules.count(rule) == 2, (rule, rules)
-    assert rules.count("extract_frames") == 5 and rules.count("masks") == 5  # 2 + 3 cameras
+    assert rules.count("masks") == 5  # 2 + 3 cameras
     assert "demo_recording" not in rules
 
 

@@ -148,7 +148,7 @@ def test_demo_dag_through_slurm_profile(slurm_cluster, tmp_path, mammal_dir):
     assert load_checkpoint(work / "results/train/main/mouse/checkpoint.pt")["step"] == 2
 
     calls = calls_by_rule(slurm_cluster, n0)
-    assert {"train_synthetic", "train_mouse_model", "demo_recording", "extract_frames", "masks",
+    assert {"train_synthetic", "train_mouse_model", "demo_recording", "masks",
             "crop_shards"} <= set(calls)
     # every job of the DAG went through sbatch (none of these rules is a localrule)
     total = re.findall(r"(\d+) of (\d+) steps \(100%\) done", res.stderr)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.video import iter_frames, list_image_frames, probe_video, write_video
+from workflow_scripts.video import iter_frames, keyframes_before, list_image_frames, probe_video, write_video
 
 W, H, N = 64, 48, 20
 
@@ -79,6 +79,31 @@ def test_seek_path_matches_sequential(tmp_path):
     for i, f in sub:
         np.testing.assert_array_equal(f, full[i])
         assert psnr(f, frames[i]) > 30
+
+
+def test_only_yields_just_those_frames(video):
+    full = dict(iter_frames(video))
+    got = list(iter_frames(video, start=2, stop=18, only=[17, 3, 9, 40]))
+    assert [i for i, _ in got] == [3, 9, 17]
+    for i, f in got:
+        np.testing.assert_array_equal(f, full[i])
+
+
+def test_keyframes_before_targets(video, tmp_path):
+    """gop 8: frames 0, 8, 16 are keyframes; each target maps to the one at or before it, decoded
+    alone exactly as in a full decode; duplicates merge; an image folder returns the targets."""
+    full = dict(iter_frames(video))
+    got = keyframes_before(video, [3, 9, 15, 19, 8])
+    assert [i for i, _ in got] == [0, 8, 16]
+    for i, f in got:
+        np.testing.assert_array_equal(f, full[i])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(square_frames(5)):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    got = keyframes_before(folder, [4, 1, 1])
+    assert [i for i, _ in got] == [1, 4]
+    np.testing.assert_array_equal(got[1][1], square_frames(5)[4])
 
 
 def test_mkv_counts_frames_without_header_count(tmp_path):

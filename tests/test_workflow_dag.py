@@ -5,7 +5,7 @@ import pytest
 
 from tests import smk
 
-STAGES = {"demo_recording", "check_sync", "extract_frames", "masks", "calibration", "locate_mouse", "crop_shards",
+STAGES = {"demo_recording", "check_sync", "masks", "calibration", "locate_mouse", "crop_shards",
           "body_model", "synthetic_shards", "train_synthetic", "train_mouse_model", "evaluate", "report", "train_mouse"}
 
 
@@ -20,7 +20,7 @@ def test_dry_run_lists_every_stage(repo_root, workdir):
     rules = smk.run(repo_root, ["train_mouse"], workdir=workdir)
     assert STAGES <= set(rules), STAGES - set(rules)
     # one job per camera for the per-camera steps of the 6-camera demo
-    assert rules.count("extract_frames") == 6 and rules.count("masks") == 6
+    assert rules.count("masks") == 6
 
 
 def test_shard_count_changes_only_shard_jobs(repo_root, workdir):

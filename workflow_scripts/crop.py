@@ -290,6 +290,21 @@ def _touches_border(binary: np.ndarray) -> bool:
     return bool(binary[0].any() or binary[-1].any() or binary[:, 0].any() or binary[:, -1].any())
 
 
+def _touches_image_border(part: np.ndarray, x0: int, y0: int, W: int, H: int) -> bool:
+    """Does the mask part at (x0, y0) of a W x H frame touch the frame's border? (Only the
+    part's edges that lie on the frame's border can.)"""
+    h, w = part.shape
+    return bool((y0 == 0 and part[0].any()) or (y0 + h == H and part[-1].any())
+                or (x0 == 0 and part[:, 0].any()) or (x0 + w == W and part[:, -1].any()))
+
+
+def _shifted(maps: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """Maps into the frame -> maps into its part at (x0, y0) (in place; _OUTSIDE stays outside)."""
+    if x0 or y0:
+        cv2.subtract(maps, (float(x0), float(y0), 0.0, 0.0), dst=maps)  # numpy's [..., 2] broadcast is ~5x slower
+    return maps
+
+
 def _remap_mask_float(mask: np.ndarray, maps: np.ndarray) -> np.ndarray:
     """Bilinear remap of a 0/255 mask -> coverage in [0, 1] (float32)."""
     return cv2.remap(mask, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32) / 255.0
@@ -297,17 +312,21 @@ def _remap_mask_float(mask: np.ndarray, maps: np.ndarray) -> np.ndarray:
 
 def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCamera, center_raw: np.ndarray,
               norm_from_raw: np.ndarray, S: int | None = None, size_ratio: float | None = None,
-              background: str | None = None, params: CropParams | None = None) -> CropResult:
+              background: str | None = None, params: CropParams | None = None,
+              origin: tuple[int, int] = (0, 0)) -> CropResult:
     """Crop one view around the mouse.
 
     Args:
-        image: [H, W, 3] uint8 RGB original (distorted) frame.
-        mask: [H, W] uint8 mouse mask (nonzero = mouse) of the same frame.
+        image: [h, w, 3] uint8 RGB original (distorted) frame, or the part of it at `origin`.
+        mask: [h, w] uint8 mouse mask (nonzero = mouse) of the same frame (part): every mouse
+            pixel of the frame must lie in it, and with a white/black background the image part
+            must reach 2 px beyond them (workflow_scripts/masks.py stores exactly that).
         camera: the real camera (R, t world-to-camera, raw world) or its :func:`prepare_camera`
             result (pass that when cropping many frames).
         center_raw: [3] mouse centre, raw world.
         norm_from_raw: [4, 4] similarity raw -> normalized world (its +z is world up).
         S, size_ratio, background: override ``params`` (defaults :class:`CropParams`).
+        origin: (x0, y0), the frame pixel at image[0, 0] / mask[0, 0] (default: whole frames).
     Returns:
         :class:`CropResult` with K [3, 3] and normalized OpenCV c2w [4, 4].
     """
@@ -318,9 +337,11 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
     S = p.image_size
     prep = camera if isinstance(camera, PreparedCamera) else prepare_camera(camera)
     cam = prep.camera
-    if image.shape[:2] != (cam.height, cam.width) or mask.shape != (cam.height, cam.width):
-        raise InputError(f"camera {cam.name!r}: image {image.shape} / mask {mask.shape} do not match the calibration "
-                         f"size {cam.width}x{cam.height}. Fix: check the video / calibration pairing.")
+    x0, y0 = (int(v) for v in origin)
+    h, w = mask.shape[:2]
+    if image.shape[:2] != mask.shape or x0 < 0 or y0 < 0 or x0 + w > cam.width or y0 + h > cam.height:
+        raise InputError(f"camera {cam.name!r}: image {image.shape} / mask {mask.shape} at {(x0, y0)} do not fit the "
+                         f"calibration size {cam.width}x{cam.height}. Fix: check the video / calibration pairing.")
     center_raw = np.asarray(center_raw, dtype=np.float64)
     Nrm = np.asarray(norm_from_raw, dtype=np.float64)
     _, R_up, _ = split_similarity(Nrm)
@@ -341,7 +362,7 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         reason = "mouse centre behind camera"
     elif area_orig == 0:
         reason = "empty mask"
-    elif _touches_border(mask8):
+    elif _touches_image_border(mask8, x0, y0, cam.width, cam.height):
         reason = "mask touches image border"
 
     f = f_full
@@ -351,7 +372,7 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         A_ref = 0.0
         for _ in range(4):
             K_ref = crop_K(f_ref, p.ref_size)
-            cov = _remap_mask_float(mask8, fast_maps(prep, R_v, K_ref, p.ref_size))
+            cov = _remap_mask_float(mask8, _shifted(fast_maps(prep, R_v, K_ref, p.ref_size), x0, y0))
             A_ref = float(cov.sum())
             if not _touches_border(cov > 0.02):
                 break
@@ -368,7 +389,7 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         f = float(np.clip(f, f_lo, f_hi))
 
     K = crop_K(f, S)
-    maps = fast_maps(prep, R_v, K, S)
+    maps = _shifted(fast_maps(prep, R_v, K, S), x0, y0)
     # Float32 maps (not the 1/32-px fixed-point CV_16SC2 form): ~0.15 ms/view slower, but the
     # sampling positions are not quantized.
     out = cv2.remap(image, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))

@@ -1,31 +1,18 @@
-"""The `extract_frames` step: one camera's video -> an HDF5 file of RGB frames.
+"""Frame selection and synchronization of a session's cameras (decoding happens in the masks step).
 
 Frame indices: each camera's video has its own frame counter v (0 = first frame of the file).
 The session's *common* frame index is s = v - offset, where `offset` is the camera's entry of
 the config's `frame_offsets` (a camera that started recording 3 frames early has offset 3).
 `start_frame`, `max_frames` and `stride` select common indices s = start_frame + k * stride,
 so every camera of a session yields the same `frame_index` list.
-
-Output HDF5 (written atomically):
-  frames       uint8 [T, H, W, 3]  RGB, chunk (1, H, W, 3), lzf or none (frames.compression)
-  frame_index  int64 [T]           common (session) frame index s
-  attrs: source (video path), fps (float), fps_num/fps_den, width, height, stride, offset,
-         start_frame, camera, num_frames_source (frames in the video)
 """
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
-import h5py
-import numpy as np
-from tqdm import tqdm
-
-from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
-from workflow_scripts.h5chunks import write_frames
-from workflow_scripts.video import VideoInfo, iter_frames, probe_video
+from workflow_scripts.video import VideoInfo
 
 
 def session_length(info: VideoInfo, offset: int) -> int:
@@ -56,7 +43,7 @@ def selected_video_indices(
     return rng
 
 
-def _check_expected(info: VideoInfo, expected: Mapping | None) -> None:
+def check_expected(info: VideoInfo, expected: Mapping | None) -> None:
     """Compare the probed video with what the config/calibration says (only keys present)."""
     if not expected:
         return
@@ -74,62 +61,6 @@ def _check_expected(info: VideoInfo, expected: Mapping | None) -> None:
             f"config: {'; '.join(problems)}. Fix: check that the video belongs to this camera and "
             "session (and is not rescaled), or fix the calibration."
         )
-
-
-def run_extract_frames(
-    video: str,
-    out_h5: str,
-    start_frame: int = 0,
-    max_frames: int | None = None,
-    stride: int = 1,
-    offset: int = 0,
-    expected: dict | None = None,
-    camera: str | None = None,
-    compression: str | None = "lzf",
-    workers: int = 2,
-) -> int:
-    """Decode the selected frames of `video` into `out_h5` (schema in the module doc).
-
-    expected: optional {"width", "height", "fps", "num_frames", "camera"} to verify against
-    (e.g. the calibration's image size); a mismatch raises InputError. camera: name stored in
-    attrs (default expected["camera"], else the video file stem). compression: h5py filter of
-    `frames` ("lzf" default; None writes several times faster and makes every later read
-    faster, while lzf saves only 7-15% on camera footage, see
-    benchmarks/preprocess_throughput.py). workers: LZF compression threads, running while the
-    next frames decode (workflow_scripts/h5chunks.py; the stored bytes are h5py's). Returns T,
-    the frame count.
-    """
-    info = probe_video(video)
-    _check_expected(info, expected)
-    vids = selected_video_indices(info, start_frame, max_frames, stride, offset)
-    cam = camera or (expected or {}).get("camera") or Path(video).stem
-    T, H, W = len(vids), info.height, info.width
-    fps = info.fps if info.fps is not None else Fraction(0)
-    with atomic_path(out_h5) as tmp:
-        with h5py.File(tmp, "w") as f:
-            dset = f.create_dataset("frames", shape=(T, H, W, 3), dtype=np.uint8,
-                                    chunks=(1, H, W, 3), compression=compression)
-            f.create_dataset("frame_index", data=np.asarray(vids, dtype=np.int64) - offset)
-            f.attrs.update({
-                "source": str(video), "fps": float(fps), "fps_num": fps.numerator,
-                "fps_den": fps.denominator, "width": W, "height": H, "stride": stride,
-                "offset": offset, "start_frame": start_frame, "camera": str(cam),
-                "num_frames_source": info.num_frames,
-            })
-            decoded = iter_frames(video, start=vids.start, stop=vids.stop, stride=stride)
-            n = write_frames(dset, _checked_frames(decoded, vids, video, cam), workers=workers)
-            if n != T:
-                raise InputError(f"{video}: only {n} of {T} selected frames could be decoded. Fix: re-encode the video.")
-    return T
-
-
-def _checked_frames(decoded: Iterator[tuple[int, np.ndarray]], vids: range, video: str,
-                    cam: str) -> Iterator[np.ndarray]:
-    """RGB frames of `decoded` ((video index, frame) pairs), checking the indices are `vids`."""
-    for k, (v, rgb) in enumerate(tqdm(decoded, total=len(vids), desc=f"extract {cam}", unit="frame")):
-        if v != vids[k]:  # cannot happen unless the decoder skips frames silently
-            raise InputError(f"{video}: expected frame {vids[k]}, decoder gave {v}. Fix: re-encode the video.")
-        yield rgb
 
 
 def check_synchronized(

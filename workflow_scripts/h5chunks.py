@@ -1,28 +1,24 @@
-"""Write a stream of frames into an HDF5 dataset one whole chunk each, LZF-compressing in threads.
+"""LZF-compress HDF5 chunks in threads, stored exactly as h5py's LZF filter stores them.
 
-For datasets chunked as one frame per chunk, ``(1, *frame_shape)``, with no filter or only
-h5py's LZF filter (what extract_frames writes). h5py compresses inside HDF5, one chunk at a time
-under its global lock, and LZF runs at ~150 MB/s: 24 ms per 1152x1024 RGB frame, several times
-the decoding time. Here each chunk is compressed by the very function h5py's LZF filter calls
+h5py compresses inside HDF5, one chunk at a time under its global lock, and LZF runs at
+~150 MB/s. Here each chunk is compressed by the very function h5py's LZF filter calls
 (``lzf_compress``, which h5py's ``h5z`` extension exports) through ctypes, which releases the
-GIL, so several frames compress in parallel while the caller decodes the next ones; the result
-is stored with H5Dwrite_chunk (``write_direct_chunk``) as the filter stores it: the output
-buffer is as long as the chunk, and a chunk that LZF cannot shrink is stored raw with bit 0 of
-its filter mask set, as HDF5 does when the optional LZF filter declines it. Readers see no
-difference. (The compressed bytes themselves may differ from a write through h5py, as they may
-between two threads: liblzf leaves its hash table uninitialised; every encoding decodes to the
-same frame.)
+GIL, so several chunks compress in parallel (workflow_scripts/shards.py); the caller stores the
+result with H5Dwrite_chunk (``write_direct_chunk``) as the filter stores it: the output buffer is
+as long as the chunk, and a chunk that LZF cannot shrink is stored raw with bit 0 of its filter
+mask set, as HDF5 does when the optional LZF filter declines it. Readers see no difference. (The
+compressed bytes themselves may differ from a write through h5py, as they may between two
+threads: liblzf leaves its hash table uninitialised; every encoding decodes to the same data.)
 
 A self-check on first use stores test chunks this way and reads them back through h5py; if the
-symbol is missing or the check fails, ``write_frames`` falls back to ``dset[k] = frame``.
+symbol is missing or the check fails, ``lzf_threads_available`` is False and callers write
+through h5py.
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -85,58 +81,3 @@ def _self_check() -> bool:
             d.id.write_direct_chunk((k, 0, 0, 0), data, filter_mask=mask)
             masks.append(mask)
         return masks == [0, 1] and np.array_equal(d[0], smooth) and np.array_equal(d[1], noise)
-
-
-def _direct_ok(dset: h5py.Dataset, frame_shape: tuple[int, ...]) -> bool:
-    """Chunk = one frame, and no filters besides (optionally) LZF."""
-    return (dset.chunks == (1, *frame_shape) and dset.compression in (None, "lzf")
-            and not dset.shuffle and not dset.fletcher32 and dset.scaleoffset is None)
-
-
-def write_frames(dset: h5py.Dataset, frames: Iterable[np.ndarray], workers: int = 2) -> int:
-    """Write frames[k] into dset[k] for k = 0, 1, ...; return how many were written.
-
-    dset: [T, *frame_shape], ideally chunked (1, *frame_shape) with no filter or LZF only (other
-    layouts are written through h5py). frames: arrays of frame_shape (may be a generator,
-    consumed in order; an exception from it propagates, and frames still being compressed
-    are then not written). workers: LZF compression threads (frames in flight: 2 x workers).
-    """
-    shape = tuple(dset.shape[1:])
-    zeros = (0,) * len(shape)
-    lzf = dset.compression == "lzf"
-    if not _direct_ok(dset, shape) or (lzf and not lzf_threads_available()):
-        n = 0
-        for n, a in enumerate(frames, 1):
-            dset[n - 1] = a
-        return n
-    n = 0
-    if not lzf:
-        for a in frames:
-            dset.id.write_direct_chunk((n, *zeros), _checked_frame(dset, a, n))
-            n += 1
-        return n
-    pending: collections.deque = collections.deque()
-    # On an error the pool finishes the frames in flight, unwritten: the caller's file is void.
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lzf") as pool:
-        for a in frames:
-            pending.append((n, pool.submit(lzf_chunk, _checked_frame(dset, a, n))))
-            n += 1
-            while len(pending) > 2 * max(1, workers):
-                _store(dset, zeros, *pending.popleft())
-        while pending:
-            _store(dset, zeros, *pending.popleft())
-    return n
-
-
-def _checked_frame(dset: h5py.Dataset, a: np.ndarray, k: int) -> np.ndarray:
-    """Frame k as a C-contiguous array of the dataset's dtype; ValueError where dset[k] = a would
-    fail (direct chunk writes check nothing)."""
-    a = np.ascontiguousarray(a, dtype=dset.dtype)
-    if a.shape != dset.shape[1:] or k >= dset.shape[0]:
-        raise ValueError(f"write_frames: frame {k} of shape {a.shape} does not fit dataset {dset.name} {dset.shape}")
-    return a
-
-
-def _store(dset: h5py.Dataset, zeros: tuple[int, ...], k: int, fut) -> None:
-    mask, data = fut.result()
-    dset.id.write_direct_chunk((k, *zeros), data, filter_mask=mask)

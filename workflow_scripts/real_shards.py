@@ -1,8 +1,9 @@
 """The ``crop_shards`` step (real recordings -> HDF5 shards) and the FaceLift folder exporter.
 
 Inputs per session (docs/conventions.md):
-  frames HDF5 per camera: ``frames`` uint8 [T, H, W, 3], ``frame_index`` int64 [T]
-  masks HDF5 per camera:  ``masks`` uint8 [T, H, W] (255 / 0), ``frame_index`` int64 [T]
+  masks HDF5 per camera (workflow_scripts/masks.py): ``masks`` uint8 [T, H, W] (255 / 0),
+      ``frames`` uint8 [T, H, W, 3] stored in ``stored_box`` [T, 4] only (whole frames when its
+      attr ``store_frames`` is "full"), ``frame_index`` int64 [T]
   cameras JSON (canonical, R, t world-to-camera, raw world)
   centres CSV: ``frame_index, x, y, z, valid, reason, ...`` (smoothed raw-world mouse centre)
   normalization JSON: ``{"R_up": 3x3, "scale": s, ...}``; per frame
@@ -142,7 +143,7 @@ def chunk_frames(frame_indices: np.ndarray, chunk: int, num_chunks: int) -> np.n
 
 
 # --- the step -----------------------------------------------------------------------------
-def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
+def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
                     normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
                     session: str | None = None) -> int:
     """Crop all V cameras for every valid frame of this chunk into one shard; returns N.
@@ -162,27 +163,35 @@ def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras
     attrs = {**params, "crop": cp.to_dict(), "chunk": int(chunk), "num_chunks": int(num_chunks), "session": session}
 
     with contextlib.ExitStack() as stack:
-        ff = open_per_camera(frames_h5, cameras, "frames", "frames")
-        for f in ff.values():
-            stack.callback(f.close)
         mf = open_per_camera(masks_h5, cameras, "masks", "masks")
         for f in mf.values():
             stack.callback(f.close)
-        ref = ff[names[0]]["frame_index"][:].astype(np.int64)
+        ref = mf[names[0]]["frame_index"][:].astype(np.int64)
+        boxes = {}
         for n in names:
-            for f, what in ((ff[n], "frames"), (mf[n], "masks")):
-                fi = f["frame_index"][:].astype(np.int64)
-                if not np.array_equal(fi, ref):
-                    raise InputError(f"{f.filename}: frame_index of camera {n!r} ({what}) differs from camera "
-                                     f"{names[0]!r} frames ({len(fi)} vs {len(ref)} frames). Fix: rerun extract_frames/masks "
-                                     "with the same start_frame/max_frames/stride for every camera.")
+            f = mf[n]
+            if "frames" not in f or "stored_box" not in f:
+                raise InputError(f"{f.filename}: holds no frame pixels (an older masks file). Fix: delete it and rerun masks.")
+            if cp.background == "keep" and f.attrs.get("store_frames") != "full":
+                raise InputError(f"{f.filename}: crop.background 'keep' needs whole frames, but this file keeps only the "
+                                 "pixels around the mouse. Fix: rerun the masks rule (snakemake does when the config "
+                                 "says keep).")
+            fi = f["frame_index"][:].astype(np.int64)
+            if not np.array_equal(fi, ref):
+                raise InputError(f"{f.filename}: frame_index of camera {n!r} differs from camera {names[0]!r} "
+                                 f"({len(fi)} vs {len(ref)} frames). Fix: rerun masks with the same "
+                                 "start_frame/max_frames/stride for every camera.")
+            boxes[n] = f["stored_box"][:]
+        # dataset handles once: h5py's name lookup costs ~0.1 ms a call
+        frames_of = {n: mf[n]["frames"] for n in names}
+        masks_of = {n: mf[n]["masks"] for n in names}
         row_of = {int(v): i for i, v in enumerate(ref)}
         valid = centers[centers["valid"]]
         mine = chunk_frames(valid["frame_index"].to_numpy(), chunk, num_chunks)
         absent = [int(i) for i in mine if int(i) not in row_of]
         if absent:
-            raise InputError(f"{centers_csv}: valid frames {absent[:5]} are not in the frames files "
-                             f"({ff[names[0]].filename}). Fix: rerun locate on the current frames.")
+            raise InputError(f"{centers_csv}: valid frames {absent[:5]} are not in the masks files "
+                             f"({mf[names[0]].filename}). Fix: rerun locate on the current masks.")
         xyz = valid.set_index("frame_index")[["x", "y", "z"]]
         preps = [prepare_camera(c) for c in cameras]
 
@@ -204,7 +213,10 @@ def run_crop_shards(frames_h5: dict[str, str], masks_h5: dict[str, str], cameras
                 qc = np.empty((3, V), np.float32)
                 touch = np.zeros(V, bool)
                 for v, n in enumerate(names):
-                    r = crop_view(ff[n]["frames"][row], mf[n]["masks"][row], preps[v], c, N, params=cp)
+                    x0, y0, x1, y1 = (int(b) for b in boxes[n][row])
+                    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
+                    r = crop_view(frames_of[n][row, y0:y1, x0:x1], masks_of[n][row, y0:y1, x0:x1], preps[v],
+                                  c, N, params=cp, origin=(x0, y0))
                     imgs[v], msks[v], K[v], c2w[v], ok[v] = r.image, r.mask, r.K, r.c2w, r.valid
                     qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
                     touch[v] = r.touches_crop_border

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -153,10 +153,13 @@ def _selected(idx: int, start: int, stride: int) -> bool:
     return idx >= start and (idx - start) % stride == 0
 
 
-def _iter_image_folder(p: Path, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+def _iter_image_folder(p: Path, start: int, stop: int, stride: int,
+                       wanted: frozenset[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     files = list_image_frames(p)
     shape = _load_image_rgb(files[0]).shape
     for i in range(start, min(stop, len(files)), stride):
+        if wanted is not None and i not in wanted:
+            continue
         img = _load_image_rgb(files[i])
         if img.shape != shape:
             raise InputError(f"{files[i]}: image is {img.shape[1]}x{img.shape[0]}, the first frame "
@@ -165,9 +168,13 @@ def _iter_image_folder(p: Path, start: int, stop: int, stride: int) -> Iterator[
 
 
 def iter_frames(
-    path: str | Path, start: int = 0, stop: int | None = None, stride: int = 1
+    path: str | Path, start: int = 0, stop: int | None = None, stride: int = 1,
+    only: Collection[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame_index, rgb uint8 [H, W, 3]) for frame_index in range(start, stop, stride).
+
+    only: yield just these frame indices of that range (e.g. scattered samples): the others are
+    decoded but not converted to RGB.
 
     frame_index counts from 0 at the first frame of the file. Streaming: one frame in memory at a
     time. For a large `start` it seeks to the preceding keyframe and decodes forward; frames that
@@ -184,13 +191,54 @@ def iter_frames(
     stop = info.num_frames if stop is None else min(stop, info.num_frames)
     if start >= stop:
         return
+    wanted = None if only is None else frozenset(int(i) for i in only)
     if p.is_dir():
-        yield from _iter_image_folder(p, start, stop, stride)
+        yield from _iter_image_folder(p, start, stop, stride, wanted)
         return
-    yield from _iter_video(p, info, start, stop, stride)
+    yield from _iter_video(p, info, start, stop, stride, wanted)
 
 
-def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+    """(frame_index, RGB uint8 [H, W, 3]) of the keyframe at or before each target frame index,
+    distinct and sorted: one seek and one decoded frame each (a keyframe needs no other frame),
+    so frames spread over a long recording cost almost nothing.
+
+    For an image folder every frame is a "keyframe": the targets themselves. Returns [] when
+    the stream cannot seek or its timestamps cannot place frames (then decode sequentially).
+    """
+    p = _check_exists(path)
+    info = probe_video(p)
+    targets = sorted({int(t) for t in targets if 0 <= int(t) < info.num_frames})
+    if p.is_dir():
+        files = list_image_frames(p)
+        return [(t, _load_image_rgb(files[t])) for t in targets]
+    got: dict[int, np.ndarray] = {}
+    with _open_input(p) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # frame threading would decode several frames before the first one
+        to_rgb = _ToRGB()
+        tb, t0 = stream.time_base, stream.start_time or 0
+        if tb is None or info.fps is None:
+            return []
+        try:
+            for t in targets:
+                container.seek(t0 + int((Fraction(t) / info.fps) / tb), stream=stream, backward=True, any_frame=False)
+                frame = next(iter(container.decode(stream)), None)
+                if frame is None or frame.pts is None:
+                    return []
+                idx = int(round((frame.pts - t0) * tb * info.fps))
+                if idx > t or idx < 0:
+                    return []  # the seek landed after the target: timestamps are not usable
+                if idx not in got:
+                    got[idx] = to_rgb(frame)
+        except (av.error.FFmpegError, StopIteration) as exc:
+            raise InputError(f"{p}: decoding failed while sampling keyframes ({exc}). The video is corrupt or "
+                             "truncated. Fix: re-copy or re-encode the video.") from exc
+    return sorted(got.items())
+
+
+def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
+                wanted: frozenset[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     assert info.fps is not None
     with _open_input(p) as container:
         stream = container.streams.video[0]
@@ -224,7 +272,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) ->
                 if expected is None:
                     if idx > start:
                         # Seek overshot (inexact index): fall back to a plain decode from 0.
-                        yield from _iter_video_sequential(p, info, start, stop, stride)
+                        yield from _iter_video_sequential(p, info, start, stop, stride, wanted)
                         return
                     expected = idx
                 if idx < expected:
@@ -237,7 +285,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) ->
                         "truncated. Fix: re-copy or re-encode the video."
                     )
                 expected = idx + 1
-                if _selected(idx, start, stride) and idx < stop:
+                if _selected(idx, start, stride) and idx < stop and (wanted is None or idx in wanted):
                     yield idx, to_rgb(frame)
                 if idx >= last_needed:
                     return
@@ -254,7 +302,8 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int) ->
         )
 
 
-def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
+                           wanted: frozenset[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode from frame 0 counting frames (used when timestamps cannot place a seek)."""
     with _open_input(p) as container:
         stream = container.streams.video[0]
@@ -263,7 +312,7 @@ def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stri
         idx = -1
         try:
             for idx, frame in enumerate(container.decode(stream)):
-                if _selected(idx, start, stride) and idx < stop:
+                if _selected(idx, start, stride) and idx < stop and (wanted is None or idx in wanted):
                     yield idx, to_rgb(frame)
                 if idx >= stop - 1:
                     return

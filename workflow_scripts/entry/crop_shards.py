@@ -10,7 +10,7 @@ with rule_logging(snakemake) as log:
     crop = dict(snakemake.params.crop)
     num_chunks = crop.pop("num_chunks")
     run_crop_shards(
-        frames_h5=dict(zip(cams, snakemake.input.frames)), masks_h5=dict(zip(cams, snakemake.input.masks)),
+        masks_h5=dict(zip(cams, snakemake.input.masks)),
         cameras_json=snakemake.input.cameras, centers_csv=snakemake.input.centers,
         normalization_json=snakemake.input.normalization, out_h5=snakemake.output.shard,
         chunk=int(snakemake.wildcards.chunk), num_chunks=num_chunks, params=crop, session=snakemake.wildcards.session,
