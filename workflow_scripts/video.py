@@ -220,10 +220,17 @@ def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int
         tb, t0 = stream.time_base, stream.start_time or 0
         if tb is None or info.fps is None:
             return []
+        ctx = stream.codec_context
         try:
             for t in targets:
                 container.seek(t0 + int((Fraction(t) / info.fps) / tb), stream=stream, backward=True, any_frame=False)
-                frame = next(iter(container.decode(stream)), None)
+                packet = next((p for p in container.demux(stream) if p.size > 0), None)
+                if packet is None or not packet.is_keyframe:
+                    return []
+                # the keyframe's packet alone, then drain: no waiting for the frames that follow
+                # it (B-frame reordering would otherwise decode several)
+                decoded = [*ctx.decode(packet), *ctx.decode(None)]
+                frame = decoded[0] if decoded else None
                 if frame is None or frame.pts is None:
                     return []
                 idx = int(round((frame.pts - t0) * tb * info.fps))
@@ -231,7 +238,7 @@ def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int
                     return []  # the seek landed after the target: timestamps are not usable
                 if idx not in got:
                     got[idx] = to_rgb(frame)
-        except (av.error.FFmpegError, StopIteration) as exc:
+        except av.error.FFmpegError as exc:
             raise InputError(f"{p}: decoding failed while sampling keyframes ({exc}). The video is corrupt or "
                              "truncated. Fix: re-copy or re-encode the video.") from exc
     return sorted(got.items())
