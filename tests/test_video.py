@@ -218,3 +218,40 @@ def test_rgb_matches_pyav_to_ndarray(tmp_path):
     for a, b in zip(got, ref):
         assert a.shape == (36, 70, 3)
         np.testing.assert_array_equal(a, b)
+
+
+def test_prefetched_yields_in_order_and_raises_here():
+    from workflow_scripts.video import prefetched
+
+    assert list(prefetched((i for i in range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise InputError("frame 2 is corrupt")
+
+    got = []
+    with pytest.raises(InputError, match="frame 2 is corrupt"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1]
+
+
+def test_prefetched_stops_and_closes_when_the_caller_stops(video):
+    """Stopping early ends the thread and closes the source generator (its video file)."""
+    import threading
+
+    from workflow_scripts.video import prefetched
+
+    closed = []
+
+    def source():
+        try:
+            yield from iter_frames(video)
+        finally:
+            closed.append(True)
+
+    it = prefetched(source(), depth=2)
+    assert next(it)[0] == 0
+    it.close()
+    assert closed == [True]
+    assert not any(t.name == "prefetch" for t in threading.enumerate())

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
 from workflow_scripts.frames import check_expected, selected_video_indices
-from workflow_scripts.video import iter_frames, keyframes_before, probe_video
+from workflow_scripts.video import iter_frames, keyframes_before, prefetched, probe_video
 
 _TILE = 128  # masks and frames are stored in _TILE x _TILE chunks; only those around the mouse are written
 # Stored frame pixels reach this far beyond the mask: a crop pixel is mouse where the bilinearly
@@ -510,7 +510,7 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
             })
             mask = np.empty((H, W), np.uint8)
             buffers: dict[str, np.ndarray] = {}
-            decoded = iter_frames(video, start=vids.start, stop=vids.stop, stride=stride)
+            decoded = prefetched(iter_frames(video, start=vids.start, stop=vids.stop, stride=stride))
             for t, (v, frame) in enumerate(tqdm(decoded, total=T, desc=f"masks {cam}", unit="frame")):
                 if v != vids[t]:  # cannot happen unless the decoder skips frames silently
                     raise InputError(f"{video}: expected frame {vids[t]}, decoder gave {v}. Fix: re-encode the video.")
