@@ -80,7 +80,7 @@ def session(tmp_path):
 
 def _run(s, out, chunk, num_chunks, **kw):
     return run_crop_shards(kw.get("masks_h5", s["masks_h5"]), s["cameras_json"], s["centers_csv"], s["normalization_json"],
-                           str(out), chunk, num_chunks, kw.get("params", PARAMS), session="sess1")
+                           str(out), chunk, num_chunks, kw.get("params", PARAMS), session="sess1", workers=kw.get("workers", 1))
 
 
 def test_chunks_cover_valid_frames_with_exact_cameras(session):
@@ -117,10 +117,11 @@ def test_chunks_cover_valid_frames_with_exact_cameras(session):
 
 
 def test_same_inputs_same_shard(session):
+    """Deterministic, and the same with views cropped in parallel threads."""
     s = session
     a, b = s["tmp"] / "a.h5", s["tmp"] / "b.h5"
     _run(s, a, 0, 1)
-    _run(s, b, 0, 1)
+    _run(s, b, 0, 1, workers=3)
     with h5py.File(a) as fa, h5py.File(b) as fb:
         for k in ("images", "masks", "K", "c2w", "qc/focal"):
             np.testing.assert_array_equal(fa[k][:], fb[k][:])

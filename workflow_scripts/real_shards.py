@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from workflow_scripts.atomic import write_json
 from workflow_scripts.cameras import Camera, cameras_from_json
-from workflow_scripts.crop import CropParams, crop_view, prepare_camera
+from workflow_scripts.crop import CropParams, CropResult, crop_view, prepare_camera
 from workflow_scripts.errors import InputError
 from workflow_scripts.locate import Normalization
 from workflow_scripts.locate import norm_from_raw as _locate_norm_from_raw
@@ -145,8 +146,11 @@ def chunk_frames(frame_indices: np.ndarray, chunk: int, num_chunks: int) -> np.n
 # --- the step -----------------------------------------------------------------------------
 def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
                     normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
-                    session: str | None = None) -> int:
+                    session: str | None = None, workers: int = 1) -> int:
     """Crop all V cameras for every valid frame of this chunk into one shard; returns N.
+
+    ``workers``: threads cropping the views of a frame in parallel (OpenCV releases the GIL);
+    the HDF5 reads and the writes stay in the calling thread.
 
     ``params``: the config's crop settings (``image_size``, ``size_ratio``, ``background``, ...;
     see :class:`workflow_scripts.crop.CropParams`); all of them, the resolved crop settings and
@@ -195,6 +199,7 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
         xyz = valid.set_index("frame_index")[["x", "y", "z"]]
         preps = [prepare_camera(c) for c in cameras]
 
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="crop")) if workers > 1 else None
         with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
             if len(mine) == 0:
                 log.warning("%s: chunk %d/%d of session %s has no valid frames; writing an empty shard",
@@ -212,11 +217,17 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                 ok = np.zeros(V, bool)
                 qc = np.empty((3, V), np.float32)
                 touch = np.zeros(V, bool)
-                for v, n in enumerate(names):
+                parts = []
+                for n in names:
                     x0, y0, x1, y1 = (int(b) for b in boxes[n][row])
                     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
-                    r = crop_view(frames_of[n][row, y0:y1, x0:x1], masks_of[n][row, y0:y1, x0:x1], preps[v],
-                                  c, N, params=cp, origin=(x0, y0))
+                    parts.append((frames_of[n][row, y0:y1, x0:x1], masks_of[n][row, y0:y1, x0:x1], (x0, y0)))
+
+                def crop(v: int) -> CropResult:
+                    image, mask, origin = parts[v]
+                    return crop_view(image, mask, preps[v], c, N, params=cp, origin=origin)
+
+                for v, (n, r) in enumerate(zip(names, pool.map(crop, range(V)) if pool else map(crop, range(V)))):
                     imgs[v], msks[v], K[v], c2w[v], ok[v] = r.image, r.mask, r.K, r.c2w, r.valid
                     qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
                     touch[v] = r.touches_crop_border

@@ -14,6 +14,7 @@ with rule_logging(snakemake) as log:
         cameras_json=snakemake.input.cameras, centers_csv=snakemake.input.centers,
         normalization_json=snakemake.input.normalization, out_h5=snakemake.output.shard,
         chunk=int(snakemake.wildcards.chunk), num_chunks=num_chunks, params=crop, session=snakemake.wildcards.session,
+        workers=snakemake.threads,
     )
     from workflow_scripts.qc_plots import plot_crop_qc
 
