@@ -11,7 +11,8 @@ process on one video:
   masks        masks.run_masks: background median (keyframes) + decode + per-frame masks + the
                frame pixels around the mouse -> HDF5 + QC CSV; the only decoding pass
   crop_shards  real_shards.run_crop_shards (S x S crops -> shard), one camera's share: the job
-               crops --views cameras (default 6) that read copies of this camera's masks file
+               crops --views cameras (default 6) that read copies of this camera's masks file,
+               with --crop-workers threads (the rule's 2)
 
 end-to-end = frames / (masks + crop) and its ratio to decode (target >= 0.7). Decode is timed
 with the pipeline's decoder settings (PyAV, thread_type AUTO, one swscale context per stream:
@@ -108,7 +109,7 @@ def time_decode(video: str | Path, stride: int = 1) -> float:
     return time.perf_counter() - t0
 
 
-def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, views: int) -> dict[str, float]:
+def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, views: int, workers: int = 2) -> dict[str, float]:
     """Run masks and crop_shards for one camera; seconds of each step.
 
     crop_shards runs on `views` cameras reading copies of this camera's masks file (a session's
@@ -135,7 +136,7 @@ def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, vie
     t_crop0 = time.perf_counter()
     n_crop = run_crop_shards(files, str(work / "cameras.json"), str(work / "centers.csv"),
                              str(work / "normalization.json"), str(work / "shard.h5"),
-                             chunk=0, num_chunks=1, params=params, session="bench")
+                             chunk=0, num_chunks=1, params=params, session="bench", workers=workers)
     t_crop = (time.perf_counter() - t_crop0) / views
     t_bg0 = time.perf_counter()
     estimate_background(str(video), range(info.num_frames), mask_cfg.background_samples)
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30, help="keyframe interval of the generated video")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--views", type=int, default=6, help="cameras per crop_shards job (time divided among them)")
+    ap.add_argument("--crop-workers", type=int, default=2, help="crop_shards threads (the rule's threads: 2)")
     args = ap.parse_args()
     mask_cfg = MaskConfig(**config_section("masks"))
     crop = config_section("crop")
@@ -181,7 +183,7 @@ def main() -> None:
             dec.append(time_decode(video))
             work = tmp / f"run{r}"
             work.mkdir()
-            runs.append(time_pipeline(video, work, mask_cfg, crop, args.views))
+            runs.append(time_pipeline(video, work, mask_cfg, crop, args.views, args.crop_workers))
             shutil.rmtree(work)
         T = runs[0]["frames"]
         med = {k: statistics.median(x[k] for x in runs) for k in ("masks", "crop", "background")}
