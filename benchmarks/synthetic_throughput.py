@@ -11,8 +11,11 @@ alternate ``--repeats`` times so that load from other processes hits both alike.
 
 Prints, per worker count: samples/s of the whole job (including filling and draining the
 pipeline) and in steady state (between the first and the last written sample), the baseline's
-samples/s, their ratio (target >= 0.8), the time per sample of each stage (preparation stages
-run in the workers, so with workers they overlap rendering and writing) and peak RSS.
+samples/s, their ratio (target >= 0.8), the ratio of each repeat's adjacent job/baseline pair and
+their median (the machine's load drifts less within a pair than across the run), the time per
+sample of each stage (preparation stages run in the workers, so with workers they overlap
+rendering and writing) and peak RSS. On a shared machine the ratio is noisy: compare medians of
+several runs, alternating the versions compared.
 
     .venv/bin/python benchmarks/synthetic_throughput.py --samples 4 --views 32 --size 256
     .venv/bin/python benchmarks/synthetic_throughput.py --samples 16 --workers 0 1 3   # on a GPU machine
@@ -116,6 +119,7 @@ def main() -> None:
                 t_full = t_steady = t_bare = 0.0
                 stages: dict[str, list[float]] = {}
                 n_tex = 0
+                pair_ratios = []  # full/bare of each repeat: the two runs of a pair see about the same machine load
                 for _ in range(args.repeats):
                     stats = job.write(Path(tmp) / "shard.h5", progress=False)
                     t_full += stats.wall
@@ -124,7 +128,9 @@ def main() -> None:
                         stages.setdefault(k, []).extend(v)
                     samples = [with_visuals(s) for s in shard_samples(Path(tmp) / "shard.h5")]
                     n_tex = sum(s["appearance/kind"] == 0.0 for s in samples)
-                    t_bare += bare_pyrender(samples, model, args.size, bare_renderer)
+                    t = bare_pyrender(samples, model, args.size, bare_renderer)
+                    t_bare += t
+                    pair_ratios.append(t / stats.wall)
             n = args.samples * args.repeats
             full_rate, bare_rate = n / t_full, n / t_bare
             steady_rate = (args.samples - 1) * args.repeats / t_steady if t_steady > 0 else float("nan")
@@ -135,6 +141,7 @@ def main() -> None:
             print(f"  bare pyrender: {bare_rate:.3f} samples/s ({1000 * t_bare / n:.0f} ms/sample, "
                   f"{1000 * t_bare / (n * args.views):.1f} ms/view)")
             print(f"  ratio full/bare: {full_rate / bare_rate:.3f} (steady state {steady_rate / bare_rate:.3f}; target >= 0.8)")
+            print(f"  ratio per repeat: median {np.median(pair_ratios):.3f} of " + " ".join(f"{r:.2f}" for r in pair_ratios))
             print("  ms per sample by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
                   + (" (posing..appearance in the workers, overlapping render and write)" if workers else ""))
     bare_renderer.delete()

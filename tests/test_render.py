@@ -304,3 +304,63 @@ def test_uv_seam_split_cache_follows_the_topology():
         np.testing.assert_array_equal(g, want)
     np.testing.assert_array_equal(got[0][got[2]], faces)  # render vertices map back to the mesh
     np.testing.assert_array_equal(got[1][got[2]], fuv)
+
+
+def _pyrender_readback(r: MeshRenderer) -> MeshRenderer:
+    """r, reading its framebuffer back through pyrender's own ``_read_main_framebuffer`` (blits,
+    flipped copies, boolean-indexed depth) instead of MeshRenderer's fast readback."""
+    r._ensure()
+    inner = r._renderer._renderer
+    inner.__class__ = inner.__class__.__mro__[1]  # the pyrender Renderer the fast one derives from
+    return r
+
+
+@pytest.mark.parametrize("pack_invert", [True, False])
+def test_fast_readback_equals_pyrender_readback(mouse, pack_invert):
+    """The fast readback (no blit, rows read top-down or flipped on copy, depth linearized in
+    place) gives pyrender's numbers exactly: rgb, depth and mask, textured and vertex-coloured,
+    culled, with extra meshes, at a size whose RGB rows are not a multiple of 4 bytes."""
+    v, f = mouse
+    W, H = 101, 67
+    Ks = np.array([np.array([[160.0, s, 50.3], [0, 150.0, 33.8], [0, 0, 1]]) for s in (0.0, 9.0)] * 2)
+    c2ws = np.array([K_c2w[1] for K_c2w in cameras()] + [look_at_c2w([0.2, -2.6, 0.9], [0, 0, 0])])
+    rng = np.random.default_rng(3)
+    tex = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    uv = rng.uniform(0, 1, (len(v), 2))
+    floor = trimesh.creation.box(extents=(3.0, 3.0, 0.01))
+    floor.apply_translation([0, 0, v[:, 2].min() + 0.02])
+    lights = [Light("directional", direction=(0.3, 0.2, -1.0), intensity=2.0), Light("point", position=(1, -1, 2), intensity=9.0)]
+    looks = [dict(vertex_colors=rng.uniform(0, 1, (len(v), 3))), dict(uv=uv, faces_uv=f, texture=tex),
+             dict(extra_meshes=[floor], background=(0.5, 0.25, 0.0))]
+    with MeshRenderer(W, H, cull_back_faces=True) as fast, _pyrender_readback(MeshRenderer(W, H, cull_back_faces=True)) as ref:
+        fast._ensure()
+        fast._renderer._renderer._mouse_facelift_pack_invert = pack_invert or None
+        for look in looks:
+            a = fast.render_batch(v, f, Ks, c2ws, lights=lights, **look)
+            b = ref.render_batch(v, f, Ks, c2ws, lights=lights, **look)
+            assert a.mask.any() and not a.mask.all()
+            for name in ("rgb", "depth", "mask"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), (name, look.keys())
+        assert type(fast._renderer._renderer).__name__.startswith("FastReadback")
+
+
+def test_render_views_are_views_of_one_batch(renderer, mouse):
+    v, f = mouse
+    (K0, c0), (K1, c1), _ = cameras()
+    views = renderer.render_views(v, f, np.stack([K0, K1]), np.stack([c0, c1]))
+    batch = renderer.render_batch(v, f, np.stack([K0, K1]), np.stack([c0, c1]))
+    assert len(views) == len(batch) == 2
+    for i, o in enumerate(views):
+        assert o.rgb.shape == (S, S, 3) and o.depth.dtype == np.float32 and o.mask.dtype == bool
+        assert np.array_equal(o.rgb, batch.rgb[i]) and np.array_equal(o.depth, batch.depth[i])
+        assert np.array_equal(o.mask, batch.mask[i])
+    assert np.shares_memory(views[0].rgb, views[1].rgb.base if views[1].rgb.base is not None else views[1].rgb)
+
+
+def test_skinny_matmul_is_matmul():
+    from workflow_scripts.render import skinny_matmul
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(14522, 3)), rng.normal(size=(32, 3))
+    assert np.array_equal(skinny_matmul(a, b.T), a @ b.T)  # bit for bit, on one BLAS thread

@@ -178,9 +178,10 @@ def _patch_framebuffer(pyrender: ModuleType) -> None:
     Replaces ``Renderer._configure_main_framebuffer`` (pyrender 0.1.45 hard-codes 4 samples) by
     one that allocates ``self.framebuffer_samples`` samples (class default
     :data:`FRAMEBUFFER_SAMPLES`; 1 allocates plain single-sample storage) and rebuilds the
-    buffers when the size or the setting changes. pyrender's ``_read_main_framebuffer`` is kept:
-    its blits become plain copies when single-sample. OSMesa is told it supports framebuffers so
-    it takes the same path as EGL.
+    buffers when the size or the setting changes. pyrender's ``_read_main_framebuffer`` is kept
+    (its blits become plain copies when single-sample), though ``render.MeshRenderer`` reads
+    single-sample buffers directly into its arrays (``render._fast_readback_renderer``, tested
+    equal to it). OSMesa is told it supports framebuffers so it takes the same path as EGL.
     """
     renderer_cls = pyrender.renderer.Renderer
     if getattr(renderer_cls, "_mouse_facelift_fb_patch", False):

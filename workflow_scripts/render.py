@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Literal, Sequence
 
 import cv2
@@ -74,6 +75,30 @@ class RenderOutput:
     rgb: np.ndarray
     depth: np.ndarray
     mask: np.ndarray
+
+
+@dataclasses.dataclass
+class RenderBatch:
+    """N rendered views of one scene as three arrays (what :meth:`MeshRenderer.render_batch`
+    fills in place, without per-view copies): rgb uint8 [N, H, W, 3], depth float32 [N, H, W],
+    mask bool [N, H, W]; view i is ``RenderOutput(rgb[i], depth[i], mask[i])``."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def __getitem__(self, i: int) -> RenderOutput:
+        """View i as a RenderOutput (views into the batch's arrays, not copies)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"view {i} of a batch of {len(self)}")
+        return RenderOutput(rgb=self.rgb[i], depth=self.depth[i], mask=self.mask[i])
+
+    def views(self) -> list[RenderOutput]:
+        """One RenderOutput per view (views into the batch's arrays, not copies)."""
+        return [self[i] for i in range(len(self))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +249,18 @@ def rasterize_mask_cv2(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, c
     return img[::s, ::s] > 0
 
 
+def skinny_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [M, k] @ b [k, n] for large M, small k and n, in row blocks that OpenBLAS computes on
+    one thread (below its m * n * k = 262144 threading threshold); the same numbers as ``a @ b``.
+    One multithreaded call of such a skinny product took 8-10 ms instead of 0.3 ms on a 2-core
+    machine, and OpenBLAS's threads then spin for a while, against the renderer's threads."""
+    rows = max(1, 200_000 // max(1, b.shape[0] * b.shape[1]))
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    for i in range(0, len(a), rows):
+        np.matmul(a[i:i + rows], b, out=out[i:i + rows])
+    return out
+
+
 def _check_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
@@ -243,8 +280,9 @@ class MeshRenderer:
     """Reusable headless renderer of one mesh (plus optional extra meshes) for OpenCV cameras.
 
     One OpenGL context per instance (created lazily); use as a context manager or call
-    :meth:`close`. :meth:`render_views` renders many cameras of one scene and uploads the mesh
-    once (only the camera changes between views), which is what synthetic data needs.
+    :meth:`close`. :meth:`render_batch` (and :meth:`render_views`) render many cameras of one
+    scene and upload the mesh once (only the camera changes between views), which is what
+    synthetic data needs.
     """
 
     def __init__(self, width: int, height: int, platform: str | None = None, cull_back_faces: bool = False):
@@ -262,6 +300,8 @@ class MeshRenderer:
         if self._renderer is None:
             self._pyrender = gl.import_pyrender(self._platform)
             self._renderer = self._pyrender.OffscreenRenderer(self.width, self.height)
+            inner = self._renderer._renderer
+            inner.__class__ = _fast_readback_renderer(type(inner))
         return self._pyrender
 
     def close(self) -> None:
@@ -313,13 +353,19 @@ class MeshRenderer:
         """Render one OpenCV camera (K [3, 3] pixels, c2w [4, 4] camera-to-world); kwargs as :meth:`render_views`."""
         return self.render_views(vertices, faces, np.asarray(K)[None], np.asarray(c2w)[None], **kwargs)[0]
 
-    def render_views(self, vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray, c2ws: np.ndarray, *,
+    def render_views(self, vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray, c2ws: np.ndarray,
+                     **kwargs) -> list[RenderOutput]:
+        """Render the mesh from N OpenCV cameras: one :class:`RenderOutput` per camera (views into
+        one :class:`RenderBatch`; arguments as :meth:`render_batch`)."""
+        return self.render_batch(vertices, faces, Ks, c2ws, **kwargs).views()
+
+    def render_batch(self, vertices: np.ndarray, faces: np.ndarray, Ks: np.ndarray, c2ws: np.ndarray, *,
                      vertex_colors: np.ndarray | None = None, uv: np.ndarray | None = None,
                      faces_uv: np.ndarray | None = None, texture: np.ndarray | None = None,
                      lights: Sequence[Light] = (), ambient: Sequence[float] = (0.3, 0.3, 0.3),
                      background: Sequence[float] = (1.0, 1.0, 1.0),
-                     extra_meshes: Sequence[trimesh.Trimesh] = ()) -> list[RenderOutput]:
-        """Render the mesh from N OpenCV cameras.
+                     extra_meshes: Sequence[trimesh.Trimesh] = ()) -> RenderBatch:
+        """Render the mesh from N OpenCV cameras into one :class:`RenderBatch`.
 
         Args:
             vertices: [V, 3] world. faces: [F, 3] vertex indices.
@@ -330,7 +376,9 @@ class MeshRenderer:
             lights: world lights; ambient: RGB [3]; background: RGB [3] in [0, 1].
             extra_meshes: other geometry (arena floor/walls) that shades, occludes and shows in rgb
                 but never counts as mouse in ``mask``/``depth``.
-        Returns: one :class:`RenderOutput` per camera.
+
+        The mesh is uploaded once (only the camera changes between views), and each view is read
+        back from the framebuffer straight into the batch's arrays (``_fast_readback_renderer``).
         """
         pr = self._ensure()
         v, f = _check_mesh(vertices, faces)
@@ -350,48 +398,95 @@ class MeshRenderer:
             else:
                 raise ValueError(f"Light.kind must be 'directional' or 'point', got {light.kind!r}")
             scene.add(node_light, pose=light.pose())
-        all_points = np.concatenate([v] + [np.asarray(m.bounds, float) for m in extra_meshes] +
-                                    [np.asarray(m.vertices, float) for m in extra_meshes if len(m.vertices) < 100000])
+        extra_points = [np.asarray(m.bounds, float) for m in extra_meshes] + \
+                       [np.asarray(m.vertices, float) for m in extra_meshes if len(m.vertices) < 100000]
         # Default: draw both sides, robust to inconsistent face winding and open meshes.
         flags = pr.RenderFlags.NONE if self.cull_back_faces else pr.RenderFlags.SKIP_CULL_FACES
         cam = _SkewIntrinsicsCamera(pr, 1.0, 1.0, 0.0, 0.0)
         cam_node = scene.add(cam, pose=np.eye(4))
-        out = []
+        n, h, w = len(Ks), self.height, self.width
+        rgb = np.empty((n, h, w, 3), np.uint8)
+        depth = np.empty((n, h, w), np.float32)
+        mouse_depth = np.empty((n, h, w), np.float32) if extra_nodes else None
+        near_far = _near_far(v, extra_points, c2ws)
+        for i, (K, c2w, (znear, zfar)) in enumerate(zip(Ks, c2ws, near_far)):
+            cam.set(K, float(znear), float(zfar))
+            scene.set_pose(cam_node, c2w @ CV_TO_GL)
+            self._render_into(scene, flags, rgb[i], depth[i])
+            if extra_nodes:
+                # Mouse-only depth; the mouse is visible where it is the front-most surface.
+                for node in extra_nodes:
+                    node.mesh.is_visible = False
+                self._render_into(scene, flags | pr.RenderFlags.DEPTH_ONLY, None, mouse_depth[i])
+                for node in extra_nodes:
+                    node.mesh.is_visible = True
         # Pixels where nothing was drawn get the background colour exactly: drivers convert the
         # float clear colour to 8 bits differently (0.5 -> 128 with Mesa, 127 on NVIDIA's EGL).
         bg_rgb = np.round(np.clip(bg, 0.0, 1.0) * 255).astype(np.uint8)
-        near_far = _near_far(v, all_points, c2ws)
-        for K, c2w, (znear, zfar) in zip(Ks, c2ws, near_far):
-            cam.set(K, float(znear), float(zfar))
-            scene.set_pose(cam_node, c2w @ CV_TO_GL)
-            rgb, depth = self._renderer.render(scene, flags=flags)
-            rgb = np.array(rgb[..., :3])  # writable copy (pyrender may hand out a read-only buffer)
-            rgb[depth <= 0] = bg_rgb
-            if extra_nodes:
-                # Mouse-only depth; the mouse is visible where it is the front-most surface.
-                for n in extra_nodes:
-                    n.mesh.is_visible = False
-                mouse_depth = self._renderer.render(scene, flags=flags | pr.RenderFlags.DEPTH_ONLY)
-                for n in extra_nodes:
-                    n.mesh.is_visible = True
-                mask = (mouse_depth > 0) & (np.abs(depth - mouse_depth) <= 1e-5 * mouse_depth)
-            else:
-                mask = depth > 0
-            depth = np.where(mask, depth, 0.0).astype(np.float32)
-            out.append(RenderOutput(rgb=rgb, depth=depth, mask=mask))
-        return out
+        _fill_background(rgb, depth, bg_rgb, trust_clear=not extra_nodes)
+        if extra_nodes:
+            mask = (mouse_depth > 0) & (np.abs(depth - mouse_depth) <= 1e-5 * mouse_depth)
+        else:
+            mask = depth > 0
+        if np.count_nonzero(depth) != np.count_nonzero(mask):  # else depth is already 0 wherever mask is False
+            np.copyto(depth, np.float32(0.0), where=~mask)
+        return RenderBatch(rgb=rgb, depth=depth, mask=mask)
+
+    def _render_into(self, scene, flags, rgb_out: np.ndarray | None, depth_out: np.ndarray) -> None:
+        """Render one view into rgb_out (uint8 [H, W, 3]; None with DEPTH_ONLY) and depth_out
+        (float32 [H, W], camera z, 0 where nothing was drawn), through ``OffscreenRenderer.render``.
+        The fast readback writes into them directly; any other result (a renderer it does not
+        apply to) is copied in."""
+        inner = getattr(self._renderer, "_renderer", None)
+        target = (rgb_out, depth_out)
+        if inner is not None:
+            inner._mouse_facelift_target = target
+        try:
+            out = self._renderer.render(scene, flags=flags)
+        finally:
+            if inner is not None:
+                inner._mouse_facelift_target = None
+        if rgb_out is None:
+            if out is not depth_out:
+                np.copyto(depth_out, out)
+            return
+        got_rgb, got_depth = out
+        if got_rgb is not rgb_out:
+            np.copyto(rgb_out, got_rgb[..., :3])
+        if got_depth is not depth_out:
+            np.copyto(depth_out, got_depth)
 
 
-def _near_far(mouse_points: np.ndarray, all_points: np.ndarray, c2ws: np.ndarray) -> np.ndarray:
-    """[N, 2] znear/zfar per OpenCV c2w [N, 4, 4] that bracket the scene tightly (depth
-    precision); one matrix product for all views (per-view loops cost ~0.5 ms a view)."""
+def _fill_background(rgb: np.ndarray, depth: np.ndarray, bg_rgb: np.ndarray, trust_clear: bool) -> None:
+    """rgb[depth <= 0] = bg_rgb, in place (rgb uint8 [..., 3], depth float32 [...]).
+
+    trust_clear: only opaque geometry was drawn, so every pixel with depth <= 0 (nothing drawn)
+    still holds the clear colour, one value for all of them: when the driver stored the
+    background exactly (Mesa does), there is nothing to do, and one pixel tells (a masked fill
+    of a 32 x 256 px sample costs ~20-30 ms)."""
+    empty = depth <= 0
+    if trust_clear:
+        i = int(np.argmax(empty.reshape(-1)))
+        if not empty.reshape(-1)[i] or np.array_equal(rgb.reshape(-1, rgb.shape[-1])[i], bg_rgb):
+            return
+    np.copyto(rgb, bg_rgb, where=empty[..., None])
+
+
+def _near_far(mouse_points: np.ndarray, extra_points: Sequence[np.ndarray], c2ws: np.ndarray) -> np.ndarray:
+    """[N, 2] znear/zfar per OpenCV c2w [N, 4, 4] that bracket the scene (the mouse's points
+    [P, 3] and any extra meshes' point sets) tightly (depth precision); one matrix product for
+    all views (per-view loops cost ~0.5 ms a view), computed on one thread (``skinny_matmul``)."""
     c2ws = np.asarray(c2ws, dtype=np.float64).reshape(-1, 4, 4)
     axis, C = c2ws[:, :3, 2], c2ws[:, :3, 3]             # optical axes [N, 3], centres [N, 3]
     offset = (C * axis).sum(-1)                           # [N]
-    z_all = all_points @ axis.T - offset                   # [P, N] camera z of every point
+    z_mouse = skinny_matmul(mouse_points, axis.T) - offset          # [P, N] camera z of every mouse point
+    if len(extra_points):
+        z_all = np.concatenate([z_mouse, skinny_matmul(np.concatenate(extra_points), axis.T) - offset])
+    else:
+        z_all = z_mouse
     zfar = z_all.max(0) * 1.05 + 1e-6
     front_min = np.where(z_all > 0, z_all, np.inf).min(0)
-    z_mouse_max = (mouse_points @ axis.T - offset).max(0)
+    z_mouse_max = z_mouse.max(0)
     znear = np.where(np.isfinite(front_min), 0.5 * front_min, 0.5 * z_mouse_max)
     znear = np.maximum(znear, zfar * 1e-4)  # never let near collapse to 0 (the depth buffer would lose all precision)
     return np.stack([znear, zfar], axis=-1)
@@ -416,3 +511,99 @@ class _SkewIntrinsicsCamera:
                 return P
 
         return Cam(fx=fx, fy=fy, cx=cx, cy=cy)
+
+
+# --------------------------------------------------------------------------------------------
+# Framebuffer readback straight into the caller's arrays
+# --------------------------------------------------------------------------------------------
+GL_PACK_INVERT_MESA = 0x8758  # GL_MESA_pack_invert: glReadPixels returns rows top to bottom
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_readback_renderer(base: type) -> type:
+    """A subclass of pyrender's ``Renderer`` (``base``) whose offscreen readback writes into the
+    arrays ``MeshRenderer._render_into`` hands it (``_mouse_facelift_target``), with the same
+    numbers as pyrender's ``_read_main_framebuffer`` (tests/test_render.py) at less cost:
+
+    * single-sample framebuffer (gl.FRAMEBUFFER_SAMPLES = 1): it reads the buffer drawn into,
+      where pyrender first blits it (colour and depth) into a second one, a plain copy;
+    * with GL_MESA_pack_invert (Mesa: OSMesa, llvmpipe) glReadPixels returns the rows top to
+      bottom, so there is no flipped copy; elsewhere (NVIDIA EGL) the rows are flipped on copy;
+    * RGB and depth are read into the target arrays, and the depth is linearized in place with
+      pyrender's float32 formula (whole-image operations instead of boolean-indexed copies).
+
+    Everything else (multisample diagnostics, RGBA or segmentation renders, no target) goes to
+    pyrender's own readback."""
+    from OpenGL import GL  # noqa: PLC0415  (PyOpenGL is loaded by now: base came from pyrender)
+
+    flags_cls = sys.modules[base.__module__].RenderFlags
+
+    class FastReadbackRenderer(base):
+        _mouse_facelift_target = None
+        _mouse_facelift_pack_invert = None
+
+        def _read_main_framebuffer(self, scene, flags):
+            target = self._mouse_facelift_target
+            if (target is None or int(getattr(self, "framebuffer_samples", 1)) != 1 or sys.platform == "darwin"
+                    or flags & (flags_cls.RGBA | flags_cls.SEG)):
+                return super()._read_main_framebuffer(scene, flags)
+            rgb_out, depth_out = target
+            w, h = self._main_fb_dims
+            depth_only = bool(flags & flags_cls.DEPTH_ONLY)
+            if depth_out.shape != (h, w) or depth_out.dtype != np.float32 or not depth_out.flags.c_contiguous or (
+                    not depth_only and (rgb_out is None or rgb_out.shape != (h, w, 3) or rgb_out.dtype != np.uint8
+                                        or not rgb_out.flags.c_contiguous)):
+                return super()._read_main_framebuffer(scene, flags)
+            if self._mouse_facelift_pack_invert is None:
+                n_ext = int(GL.glGetIntegerv(GL.GL_NUM_EXTENSIONS))
+                self._mouse_facelift_pack_invert = any(
+                    GL.glGetStringi(GL.GL_EXTENSIONS, i) == b"GL_MESA_pack_invert" for i in range(n_ext))
+            invert = self._mouse_facelift_pack_invert
+            GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self._main_fb_ms)  # single-sample: the drawn buffer
+            for name, value in ((GL.GL_PACK_ALIGNMENT, 1), (GL.GL_PACK_ROW_LENGTH, 0), (GL.GL_PACK_SKIP_PIXELS, 0),
+                                (GL.GL_PACK_SKIP_ROWS, 0)):
+                GL.glPixelStorei(name, value)
+            if invert:
+                GL.glPixelStorei(GL_PACK_INVERT_MESA, 1)
+            try:
+                _read_pixels(GL, w, h, GL.GL_DEPTH_COMPONENT, GL.GL_FLOAT, depth_out, invert)
+                if not depth_only:
+                    _read_pixels(GL, w, h, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, rgb_out, invert)
+            finally:
+                if invert:
+                    GL.glPixelStorei(GL_PACK_INVERT_MESA, 0)
+            cam = scene.main_camera_node.camera
+            _linearize_depth(depth_out, cam.znear, cam.zfar)
+            return depth_out if depth_only else (rgb_out, depth_out)
+
+    FastReadbackRenderer.__name__ = FastReadbackRenderer.__qualname__ = f"FastReadback{base.__name__}"
+    return FastReadbackRenderer
+
+
+def _read_pixels(GL, w: int, h: int, fmt: int, dtype: int, out: np.ndarray, top_down: bool) -> None:
+    """glReadPixels of the whole w x h read framebuffer into ``out`` (C-contiguous, rows top to
+    bottom); top_down: GL_PACK_INVERT_MESA is on, else the bottom-up rows are flipped on copy."""
+    if top_down:
+        GL.glReadPixels(0, 0, w, h, fmt, dtype, out.ctypes.data)
+    else:
+        tmp = np.empty_like(out)
+        GL.glReadPixels(0, 0, w, h, fmt, dtype, tmp.ctypes.data)
+        np.copyto(out, tmp[::-1])
+
+
+def _linearize_depth(z: np.ndarray, z_near: float, z_far: float | None) -> None:
+    """Window depth z in [0, 1] (float32, in place) -> camera z, 0 where z == 1 (nothing drawn):
+    pyrender's ``_read_main_framebuffer`` formula in the same float32 operations, so the same
+    numbers, on the whole image instead of boolean-indexed copies."""
+    empty = z == 1.0
+    np.multiply(z, 2.0, out=z)
+    np.subtract(z, 1.0, out=z)
+    with np.errstate(divide="ignore"):
+        if z_far is None:
+            np.subtract(1.0, z, out=z)
+            np.divide(2 * z_near, z, out=z)
+        else:
+            np.multiply(z, z_far - z_near, out=z)
+            np.subtract(z_far + z_near, z, out=z)
+            np.divide(2.0 * z_near * z_far, z, out=z)
+    np.copyto(z, np.float32(0.0), where=empty)

@@ -63,7 +63,8 @@ from workflow_scripts.body_model import BodyModel, Pose, center_of_mass, load_np
 from workflow_scripts.cameras import look_at_c2w
 from workflow_scripts.errors import InputError
 from workflow_scripts.poses import PoseSampler, PoseSamplerConfig
-from workflow_scripts.render import Light, MeshRenderer, RenderOutput, vertex_normals
+from workflow_scripts.render import Light, MeshRenderer, RenderBatch, RenderOutput, vertex_normals
+from workflow_scripts.render import skinny_matmul as _skinny_matmul
 from workflow_scripts.shards import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -262,18 +263,6 @@ def pixel_size_focals(vertices: np.ndarray, faces: np.ndarray, c2ws: np.ndarray,
     if np.any(area <= 0):
         raise ValueError(f"views {np.nonzero(area <= 0)[0].tolist()}: the mouse is not visible at the reference focal")
     return f_ref * cfg.size_ratio * S / np.sqrt(area)
-
-
-def _skinny_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a [M, k] @ b [k, n] for large M, small k and n, in row blocks that OpenBLAS computes on
-    one thread (below its m * n * k = 262144 threading threshold). One multithreaded call of
-    these skinny products took 10 ms instead of 0.3 ms on a busy 2-core machine: the threads spin
-    against each other and against the renderer's."""
-    rows = max(1, 200_000 // max(1, b.shape[0] * b.shape[1]))
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    for i in range(0, len(a), rows):
-        np.matmul(a[i:i + rows], b, out=out[i:i + rows])
-    return out
 
 
 @dataclass(frozen=True)
@@ -605,22 +594,26 @@ def prepare_sample(model: BodyModel, sampler: PoseSampler, cfg: SyntheticConfig,
                       seconds={"posing": t1 - t0, "pixel_size": t2 - t1, "appearance": t3 - t2})
 
 
-def render_spec(model: BodyModel, spec: SampleSpec, cfg: SyntheticConfig, renderer: MeshRenderer) -> list[RenderOutput]:
+def render_spec(model: BodyModel, spec: SampleSpec, cfg: SyntheticConfig, renderer: MeshRenderer) -> RenderBatch:
     """Render a prepared sample from its V cameras (``renderer`` must be S x S, S = image_size)."""
     S = cfg.image_size
     if (renderer.width, renderer.height) != (S, S):
         raise ValueError(f"renderer is {renderer.width}x{renderer.height}, the config needs {S}x{S}")
     look = dict(vertex_colors=spec.vertex_colors) if spec.texture is None else texture_look(model, spec.texture)
-    return renderer.render_views(spec.vertices, model.faces, spec.K, spec.c2w, lights=spec.lights, ambient=spec.ambient,
+    return renderer.render_batch(spec.vertices, model.faces, spec.K, spec.c2w, lights=spec.lights, ambient=spec.ambient,
                                  background=cfg.background, **look)
 
 
-def assemble_sample(spec: SampleSpec, views: list[RenderOutput]) -> dict[str, np.ndarray]:
-    """The sample as stored (see ``make_sample``)."""
+def assemble_sample(spec: SampleSpec, views: RenderBatch | list[RenderOutput]) -> dict[str, np.ndarray]:
+    """The sample as stored (see ``make_sample``); views: ``render_spec``'s batch (used as it
+    is, no copies) or a list of rendered views."""
+    if not isinstance(views, RenderBatch):
+        views = RenderBatch(rgb=np.stack([o.rgb for o in views]), depth=np.stack([o.depth for o in views]),
+                            mask=np.stack([o.mask for o in views]))
     sample: dict[str, np.ndarray] = {
-        "images": np.stack([o.rgb for o in views]),
-        "masks": np.stack([o.mask for o in views]).view(np.uint8) * np.uint8(255),
-        "depth": np.stack([o.depth for o in views]).astype(np.float32, copy=False),
+        "images": views.rgb,
+        "masks": views.mask.view(np.uint8) * np.uint8(255),
+        "depth": views.depth.astype(np.float32, copy=False),
         "K": spec.K.astype(np.float32), "c2w": spec.c2w.astype(np.float32),
         "vertices": spec.vertices.astype(np.float32), "joints": spec.joints.astype(np.float32),
     }
@@ -799,7 +792,7 @@ class _BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def put(self, frame_index: int, spec: SampleSpec, views: list[RenderOutput]) -> None:
+    def put(self, frame_index: int, spec: SampleSpec, views: RenderBatch) -> None:
         self._raise()
         self._queue.put((frame_index, spec, views))
 
