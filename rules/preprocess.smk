@@ -81,6 +81,8 @@ rule locate_mouse:
         cameras="results/calibration/{session}/cameras.json",
         qc=lambda w: expand("results/masks/{{session}}/{camera}_qc.csv", camera=cameras(w.session)),
         masks=lambda w: expand("results/masks/{{session}}/{camera}.h5", camera=cameras(w.session)),
+        # only the body-model centre needs the MAMMAL model (else a new model would rerun locate)
+        body_model=["results/body_model/mammal_mouse.npz"] if config["locate"]["center"] == "body_model" else [],
     output:
         centers="results/locate/{session}/centers.csv",
         normalization="results/locate/{session}/normalization.json",

@@ -75,3 +75,20 @@ def test_snakemake_report_bundles_the_report_and_qc_figures(demo_run, repo_root,
     names = zipfile.ZipFile(out).namelist()
     assert any(n.endswith("report.html") and "/data/raw/" in n for n in names)  # our report, bundled
     assert any(n.endswith("qc.png") for n in names) and any(n.endswith("chunk000_qc.png") for n in names)
+
+
+def test_body_model_centre_through_the_rule(demo_run, repo_root, tmp_path):
+    """locate.center: body_model gets the MAMMAL model through locate_mouse's input and fits it
+    (on a copy of the demo's work folder, so the other tests keep theirs)."""
+    import pandas as pd
+
+    src, tiny, _ = demo_run
+    work = tmp_path / "work"
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("train", "eval", "shards"))
+    cfg = {**tiny, "locate": {**tiny.get("locate", {}), "center": "body_model", "smooth_window": 1}}
+    target = "results/locate/demo/centers.csv"
+    assert smk.run(repo_root, [target], config=cfg, workdir=work) == ["locate_mouse"]  # only the centres change
+    smk.run(repo_root, [target], config=cfg, workdir=work, dryrun=False)
+    table = pd.read_csv(work / target, keep_default_na=False)
+    kept = table[table["valid"].astype(str) == "True"]
+    assert len(kept) and (kept["center_method"] == "body_model").mean() > 0.8

@@ -9,6 +9,13 @@ centre is then refined to the surface centroid of the visual hull carved from th
 cameras the triangulation used (:mod:`workflow_scripts.visual_hull`): a mask centroid is not the
 projection of the 3D centre, so triangulated centroids sit 2-5 mm from the body's surface
 centroid on the demo recording, the hull's centroid about 1.3 mm (docs/preprocessing_bars.md).
+With ``center = "body_model"`` (needs the masks and the MAMMAL body model) the kept frames'
+centre is instead the surface centroid of the body model fitted to those masks
+(:class:`workflow_scripts.visual_hull.BodyFitter`, each frame starting from the previous one's
+fit): 0.15-0.3 mm from the true centre on the demo recording, because the model also places the
+surfaces no silhouette shows (mouth, inner legs, belly) and the thin tail at their true weight.
+Frames the model cannot be fitted to (cost above ``BODY_FALLBACK_RATIO`` x the session's median)
+keep the visual hull's centre.
 The kept track is smoothed (Savitzky-Golay) within runs of consecutive kept frames only, so
 nothing is interpolated across dropped frames.
 
@@ -37,7 +44,7 @@ from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.cameras import Camera, cameras_from_json
 from workflow_scripts.errors import InputError, reject_unknown_keys
 from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
-from workflow_scripts.visual_hull import hull_center
+from workflow_scripts.visual_hull import ArticulatedMesh, BodyFitter, fit_body_track, hull_center
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,10 @@ OUT_COLUMNS = (
     "frame_index", "x", "y", "z", "x_raw", "y_raw", "z_raw", "tri_x", "tri_y", "tri_z", "center_method", "n_cameras",
     "residual_px_median", "residual_px_max", "valid", "reason", "rejected_cameras",
 )
-CENTER_METHODS = ("visual_hull", "triangulation")
+CENTER_METHODS = ("visual_hull", "triangulation", "body_model")
+#: a body-model fit whose cost exceeds this many times the session's median cost is not trusted
+#: (its frame takes the visual hull's centre instead).
+BODY_FALLBACK_RATIO = 3.0
 #: camera name, frame index -> that camera's mask [H, W] (nonzero = mouse) for the frame.
 MaskSource = Callable[[str, int], np.ndarray]
 _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
@@ -67,7 +77,8 @@ class LocateParams:
     metric_scale: normalized units per raw unit; overrides camera_distance when set.
     up_snap_deg: "auto" snaps to the nearest signed axis when within this angle (0 = never).
     center: "visual_hull" (refine each kept frame's centre to the masks' visual-hull surface
-        centroid) or "triangulation" (the triangulated mask centroids).
+        centroid), "body_model" (the surface centroid of the body model fitted to the masks) or
+        "triangulation" (the triangulated mask centroids).
     hull_resolution: fine hull cells along its longest side (voxel = mouse length / this).
     hull_max_misses: masks a hull voxel may fall outside of (0 = strict intersection).
     """
@@ -284,8 +295,9 @@ def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: in
 
 
 def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams,
-                 masks: MaskSource | None = None, threads: int = 1) -> pd.DataFrame:
-    """Per-frame 3D centre from mask centroids, refined by the visual hull when masks are given.
+                 masks: MaskSource | None = None, threads: int = 1, body_model: Any = None) -> pd.DataFrame:
+    """Per-frame 3D centre from mask centroids, refined by the visual hull (or the fitted body
+    model) when masks are given.
 
     Args:
         cameras: C cameras (R, t world-to-camera) in raw world units.
@@ -293,12 +305,14 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
             corner-origin pixels). Cameras without a table never count as seeing the mouse.
         params: settings; ``params.center == "visual_hull"`` needs ``masks``.
         masks: (camera name, frame index) -> mask [H, W]; None = triangulation only.
-        threads: frames carved in parallel (NumPy releases the GIL in the carving's array work).
+        threads: frames carved in parallel (NumPy releases the GIL in the carving's array work);
+            the body-model fit runs frame after frame (each starts from the previous fit).
+        body_model: the ``body_model.BodyModel``; needed for ``params.center == "body_model"``.
     Returns:
         DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
         smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame centre before
         smoothing, tri_x.. the triangulated mask centroids, center_method how x_raw was found
-        ("visual_hull", or "triangulation" also when the hull came out empty).
+        ("body_model", "visual_hull", or "triangulation" also when the hull came out empty).
     """
     names = [c.name for c in cameras]
     unknown = sorted(set(qc) - set(names))
@@ -346,13 +360,19 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
     keep = np.array([s == "" for s in reasons], dtype=bool)
     X_tri = X_raw.copy()
     method = np.full(T, "triangulation", dtype=object)
-    if params.center == "visual_hull" and masks is not None:
+    if params.center == "body_model" and masks is not None:
+        if body_model is None:
+            raise InputError("locate: center = 'body_model' needs the MAMMAL body model. Fix: pass the body model "
+                             "(results/body_model/mammal_mouse.npz) to locate_mouse, or set locate.center: visual_hull.")
+        method = _fit_body_model(cameras, names, frames, keep, used_cams, X_tri, X_raw, params, masks, body_model)
+    if params.center in ("visual_hull", "body_model") and masks is not None:
         def centre(i: int, votes: list) -> np.ndarray:
             return hull_center(cameras, votes, X_tri[i], fine=params.hull_resolution, max_misses=params.hull_max_misses)[0]
 
-        kept = np.flatnonzero(keep)
+        kept = np.flatnonzero(keep & (method != "body_model"))
         batch = 8 * max(1, threads)  # masks of a bounded number of frames in memory at once
-        with ThreadPoolExecutor(max(1, threads)) as pool, tqdm(total=len(kept), desc="locate_mouse: visual hull", unit="frame", mininterval=2.0) as bar:
+        with ThreadPoolExecutor(max(1, threads)) as pool, tqdm(total=len(kept), desc="locate_mouse: visual hull", unit="frame", mininterval=2.0,
+                                                               disable=len(kept) == 0) as bar:
             for start in range(0, len(kept), batch):
                 idx = kept[start:start + batch]
                 # masks are read here, in one thread (h5py serializes reads anyway); carving runs in the pool
@@ -363,7 +383,7 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
                     if np.all(np.isfinite(X_hull)):
                         X_raw[i], method[i] = X_hull, "visual_hull"
                 bar.update(len(idx))
-        n_empty = int(np.sum(keep & (method != "visual_hull")))
+        n_empty = int(np.sum(keep & (method == "triangulation")))
         if n_empty:
             log.warning("locate_mouse: visual hull empty in %d kept frames (masks disagree); their centre stays triangulated", n_empty)
     X_s = smooth_track(np.where(keep[:, None], X_raw, np.nan), keep, frames, params.smooth_window, params.smooth_polyorder)
@@ -374,6 +394,38 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
         "residual_px_median": res_med, "residual_px_max": res_max, "valid": keep, "reason": reasons,
         "rejected_cameras": rejected,
     }, columns=list(OUT_COLUMNS))
+
+
+def _fit_body_model(cameras: Sequence[Camera], names: list[str], frames: np.ndarray, keep: np.ndarray, used_cams: np.ndarray,
+                    X_tri: np.ndarray, X_raw: np.ndarray, params: LocateParams, masks: MaskSource, body_model: Any) -> np.ndarray:
+    """Fit the body model to the kept frames' masks (runs of consecutive kept frames, each frame
+    from the previous fit); writes the fitted centres into X_raw and returns the per-frame
+    center_method ("body_model" where the fit is trusted, else "triangulation" for the hull to refine)."""
+    method = np.full(len(frames), "triangulation", dtype=object)
+    up = estimate_up(cameras, params.up_snap_deg) if params.up == "auto" else _up_vector_from_name(params.up)
+    fitter = BodyFitter(ArticulatedMesh(body_model))
+    runs = [list(r) for r in _segments(keep, frames)]
+
+    def masks_of(i: int) -> list:
+        return [masks(n, int(frames[i])) if used_cams[i, c] else None for c, n in enumerate(names)]
+
+    with tqdm(total=int(keep.sum()), desc="locate_mouse: body model", unit="frame", mininterval=2.0) as bar:
+        fits = fit_body_track(fitter, cameras, masks_of, X_tri, up, runs, progress=bar.update)
+    if not fits:
+        log.warning("locate_mouse: the body model could not be fitted to any frame; the visual hull gives the centres")
+        return method
+    costs = np.array([f.cost for f in fits.values()])
+    limit = BODY_FALLBACK_RATIO * float(np.median(costs))
+    for i, fit in fits.items():
+        if fit.cost <= limit and np.all(np.isfinite(fit.center)):
+            X_raw[i], method[i] = fit.center, "body_model"
+    n_bad = int(keep.sum()) - int((method == "body_model").sum())
+    log.info("locate_mouse: body model fitted to %d of %d kept frames (median cost %.3g)", int((method == "body_model").sum()),
+             int(keep.sum()), float(np.median(costs)))
+    if n_bad:
+        log.warning("locate_mouse: %d kept frames have no trusted body-model fit (cost > %.1f x the median); the visual "
+                    "hull gives their centre", n_bad, BODY_FALLBACK_RATIO)
+    return method
 
 
 _TEXT_COLUMNS = ("reason", "rejected_cameras", "center_method")
@@ -419,7 +471,7 @@ def _mask_source(stack: ExitStack, masks_h5: Mapping[str, str], cams: Sequence[C
 
 def run_locate_mouse(
     cameras_json: str, mask_qc_csvs: Mapping[str, str], out_csv: str, out_normalization_json: str, params: Mapping[str, Any] | None,
-    masks_h5: Mapping[str, str] | None = None, threads: int = 1,
+    masks_h5: Mapping[str, str] | None = None, threads: int = 1, body_model_npz: str | None = None,
 ) -> pd.DataFrame:
     """The locate_mouse job: cameras JSON + per-camera mask QC CSVs (+ masks) -> QC table CSV + normalization JSON.
 
@@ -427,7 +479,8 @@ def run_locate_mouse(
         cameras_json: canonical cameras JSON (docs/conventions.md; R, t world-to-camera).
         mask_qc_csvs: camera name -> mask QC CSV path.
         masks_h5: camera name -> masks HDF5 of the masks rule; needed for ``center: visual_hull``
-            (without it the centre is the triangulated mask centroids).
+            and ``body_model`` (without it the centre is the triangulated mask centroids).
+        body_model_npz: the body_model rule's npz; needed for ``center: body_model``.
         threads: frames carved in parallel.
         out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
         out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
@@ -452,10 +505,20 @@ def run_locate_mouse(
         log.warning("%s: camera %s never sees the mouse (no valid mask in %d frames); it is left out. "
                     "Fix: check that camera's video, masks and frame offset.", mask_qc_csvs[name], name, len(qc[name]))
     with ExitStack() as stack:
-        masks = _mask_source(stack, masks_h5, cams) if masks_h5 and p.center == "visual_hull" else None
-        table = locate_track(cams, qc, p, masks, threads)
+        masks = _mask_source(stack, masks_h5, cams) if masks_h5 and p.center != "triangulation" else None
+        model = None
+        if p.center == "body_model" and masks is not None:
+            if not body_model_npz:
+                raise InputError("locate: center = 'body_model' needs the body model npz. Fix: give locate_mouse the "
+                                 "body_model rule's output, or set locate.center: visual_hull.")
+            from workflow_scripts.body_model import load_npz  # noqa: PLC0415  (imports torch)
+
+            model = load_npz(body_model_npz)
+        table = locate_track(cams, qc, p, masks, threads, body_model=model)
     summary = summarize(table)
     summary["centre_from_visual_hull"] = int((table["center_method"] == "visual_hull").sum())
+    if p.center == "body_model":
+        summary["centre_from_body_model"] = int((table["center_method"] == "body_model").sum())
     summary["cameras_never_seeing_the_mouse"] = len(blind)
     log.info("locate_mouse: %d frames; %s", len(table), ", ".join(f"{k}={v}" for k, v in summary.items()))
     if summary.get("kept", 0) == 0:
