@@ -147,8 +147,13 @@ class Camera:
 
 
 def distort_normalized(xn: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Apply OpenCV's radial/tangential model to normalized coords [..., 2]."""
-    k1, k2, p1, p2, k3 = np.asarray(dist, dtype=np.float64)[:5]
+    """Apply OpenCV's radial/tangential model to normalized coords [..., 2].
+
+    dist: [5+] coefficients, or [B..., 5+] per leading batch of points (e.g. one lens per view
+    for points [C, n, 2] and dist [C, 5])."""
+    d = np.asarray(dist, dtype=np.float64)[..., :5]
+    lead = (1,) * (xn.ndim - d.ndim)  # the points' own axes beyond dist's batch axes
+    k1, k2, p1, p2, k3 = (d[..., i].reshape(d.shape[:-1] + lead) for i in range(5))
     x, y = xn[..., 0], xn[..., 1]
     r2 = x * x + y * y
     radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3

@@ -31,7 +31,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from workflow_scripts.cameras import Camera
+from workflow_scripts.cameras import Camera, distort_normalized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,12 +417,8 @@ class MaskViews:
         """Pixels [C, n, 2] of world points X [n, 3] in every view (as ``Camera.project``; NaN behind a camera)."""
         xc = np.matmul(X[None], self.R.transpose(0, 2, 1)) + self.t[:, None]
         z = xc[..., 2]
-        x, y = xc[..., 0] / z, xc[..., 1] / z
-        k1, k2, p1, p2, k3 = (d[:, None] for d in self.dist.T)
-        r2 = x * x + y * y
-        radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
-        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        xdyd = distort_normalized(np.stack([xc[..., 0] / z, xc[..., 1] / z], axis=-1), self.dist)  # one lens per view
+        xd, yd = xdyd[..., 0], xdyd[..., 1]
         K = self.K
         uv = np.stack([K[:, 0, 0, None] * xd + K[:, 0, 1, None] * yd + K[:, 0, 2, None],
                        K[:, 1, 1, None] * yd + K[:, 1, 2, None]], axis=-1)
