@@ -109,10 +109,13 @@ def _sample_indices(T: int, n: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, T - 1, n)).astype(np.int64))
 
 
-def background_sample(video: str | Path, vids: Sequence[int], samples: int = 50) -> list[tuple[int, np.ndarray]]:
-    """(video index, RGB frame) pairs for the background median (module doc): the keyframes at or
-    before `samples` evenly spaced frames of `vids` (the selected video indices), or those frames
-    themselves when the keyframes are too few."""
+def estimate_background(video: str | Path, vids: Sequence[int] | None = None, samples: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Temporal median (uint8 [H, W, 3] RGB) of the background sample of `video` and the video
+    indices it used (int64 [K]). The sample (module doc): the keyframes at or before `samples`
+    evenly spaced frames of `vids` (the selected video indices; all frames when None), or those
+    frames themselves when the keyframes are too few."""
+    if vids is None:
+        vids = range(probe_video(video).num_frames)
     if len(vids) == 0:
         raise InputError(f"{video}: no frames selected, nothing to estimate a background from.")
     targets = [int(vids[i]) for i in _sample_indices(len(vids), samples)]
@@ -121,15 +124,6 @@ def background_sample(video: str | Path, vids: Sequence[int], samples: int = 50)
         got = list(iter_frames(video, start=targets[0], stop=targets[-1] + 1, only=targets))
     if not got:
         raise InputError(f"{video}: no frame could be decoded for the background. Fix: re-encode the video.")
-    return got
-
-
-def estimate_background(video: str | Path, vids: Sequence[int] | None = None, samples: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Temporal median (uint8 [H, W, 3] RGB) of the background sample of `video` (all frames
-    when `vids` is None), and the video indices it used (int64 [K])."""
-    if vids is None:
-        vids = range(probe_video(video).num_frames)
-    got = background_sample(video, vids, samples)
     return median_uint8(np.stack([f for _, f in got])), np.array([i for i, _ in got], np.int64)
 
 
@@ -392,23 +386,22 @@ def mask_qc(mask: np.ndarray, frame_index: int, cfg: MaskConfig,
 
 
 def _iter_external(external: str, frame_index: np.ndarray, shape: tuple[int, int],
-                   offset: int, num_source: int | None) -> Iterator[np.ndarray]:
-    """Binarized (>127 -> 255) external masks matching the frames file, one per frame.
+                   offset: int, num_source: int) -> Iterator[np.ndarray]:
+    """Binarized (>127 -> 255) external masks matching the selected frames, one per frame.
 
-    Accepted lengths: exactly T (one mask per extracted frame) or the source video's frame count
+    Accepted lengths: exactly T (one mask per selected frame) or the source video's frame count
     (then masks are picked at video index = frame_index + offset).
     """
     info = probe_video(external)
     T = len(frame_index)
     if info.num_frames == T:
         wanted = np.arange(T)
-    elif num_source is not None and info.num_frames == num_source:
+    elif info.num_frames == num_source:
         wanted = frame_index + offset
     else:
-        extra = f" or {num_source} (the source video)" if num_source is not None else ""
         raise InputError(
-            f"{external}: external masks have {info.num_frames} frames, expected {T} (the extracted "
-            f"frames){extra}. Fix: export one mask per frame of the camera video."
+            f"{external}: external masks have {info.num_frames} frames, expected {T} (the selected "
+            f"frames) or {num_source} (the source video). Fix: export one mask per frame of the camera video."
         )
     if (info.height, info.width) != shape:
         raise InputError(
@@ -417,7 +410,7 @@ def _iter_external(external: str, frame_index: np.ndarray, shape: tuple[int, int
         )
     lo, hi = int(wanted[0]), int(wanted[-1]) + 1
     steps = np.unique(np.diff(wanted))
-    stride = int(steps[0]) if len(steps) == 1 else 1  # extracted frames are evenly strided
+    stride = int(steps[0]) if len(steps) == 1 else 1  # the selected frames are evenly strided
     want_set = set(int(v) for v in wanted)
     for v, rgb in iter_frames(external, start=lo, stop=hi, stride=stride):
         if v in want_set:
