@@ -63,7 +63,7 @@ from workflow_scripts.body_model import BodyModel, Pose, center_of_mass, load_np
 from workflow_scripts.cameras import look_at_c2w
 from workflow_scripts.errors import InputError
 from workflow_scripts.poses import PoseSampler, PoseSamplerConfig
-from workflow_scripts.render import Light, MeshRenderer, RenderBatch, RenderOutput, vertex_normals
+from workflow_scripts.render import Light, MeshRenderer, RenderBatch, vertex_normals
 from workflow_scripts.render import skinny_matmul as _skinny_matmul
 from workflow_scripts.shards import ShardWriter
 
@@ -604,12 +604,9 @@ def render_spec(model: BodyModel, spec: SampleSpec, cfg: SyntheticConfig, render
                                  background=cfg.background, **look)
 
 
-def assemble_sample(spec: SampleSpec, views: RenderBatch | list[RenderOutput]) -> dict[str, np.ndarray]:
-    """The sample as stored (see ``make_sample``); views: ``render_spec``'s batch (used as it
-    is, no copies) or a list of rendered views."""
-    if not isinstance(views, RenderBatch):
-        views = RenderBatch(rgb=np.stack([o.rgb for o in views]), depth=np.stack([o.depth for o in views]),
-                            mask=np.stack([o.mask for o in views]))
+def assemble_sample(spec: SampleSpec, views: RenderBatch) -> dict[str, np.ndarray]:
+    """The sample as stored (see ``make_sample``); views: ``render_spec``'s batch, used as it is
+    (no copies)."""
     sample: dict[str, np.ndarray] = {
         "images": views.rgb,
         "masks": views.mask.view(np.uint8) * np.uint8(255),
