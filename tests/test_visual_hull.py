@@ -263,3 +263,44 @@ def test_locate_track_with_the_body_model(mouse, monkeypatch):
     fallback = locate_track(cams, qc, params, masks=src, body_model=model)
     assert (fallback["center_method"] == "visual_hull").all()
     pd.testing.assert_frame_equal(fallback.drop(columns="center_method"), hull.drop(columns="center_method"))
+
+
+def test_body_model_pieces_in_worker_processes_match_one_process(mouse, tmp_path, monkeypatch):
+    """Pieces of a run fitted in spawned worker processes (masks read from the masks files by
+    H5Masks, which each process opens itself) give the centres of the same pieces fitted in turn."""
+    import pickle
+
+    import h5py
+
+    import workflow_scripts.locate as locate
+
+    model, _ = mouse
+    cams = mouse_rig()
+    verts = _walk(model)
+    paths, qc = {}, {}
+    for c in cams:
+        masks = np.stack([mesh_mask(c, v, model.faces) for v in verts])
+        paths[c.name] = str(tmp_path / f"{c.name}.h5")
+        with h5py.File(paths[c.name], "w") as f:
+            f["masks"], f["frame_index"] = masks, np.arange(len(verts))
+        ys, xs = [np.array([np.nonzero(m)[k].mean() + 0.5 for m in masks]) for k in (0, 1)]
+        qc[c.name] = pd.DataFrame({"frame_index": np.arange(len(verts)), "area": (masks > 0).sum(axis=(1, 2)).astype(float),
+                                   "centroid_x": xs, "centroid_y": ys, "touches_border": False, "valid": True})
+    source = locate.H5Masks(paths, cams)
+    copy = pickle.loads(pickle.dumps(source))  # what a worker gets: paths and rows, no open files
+    assert copy._files == {} and np.array_equal(copy("cam2", 1), source("cam2", 1)) and set(copy._files) == {"cam2"}
+    with pytest.raises(InputError, match="no mask for frame 7"):
+        source("cam1", 7)
+    monkeypatch.setattr(locate, "BODY_PIECE", 2)  # pieces [0, 1] and [2]: the second starts cold
+    params = LocateParams(smooth_window=1, center="body_model")
+    one = locate_track(cams, qc, params, masks=source, threads=1, body_model=model)
+    pools = []
+    real_pool = locate.ProcessPoolExecutor
+    monkeypatch.setattr(locate, "ProcessPoolExecutor", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
+    two = locate_track(cams, qc, params, masks=source, threads=2, body_model=model)
+    assert pools == [(2,)]  # the pieces did run in two worker processes
+    assert (one["center_method"] == "body_model").all()
+    np.testing.assert_allclose(two[["x", "y", "z"]].to_numpy(), one[["x", "y", "z"]].to_numpy(), rtol=0, atol=1e-9)
+    truth = np.array([center_of_mass(v, model.faces) for v in verts])
+    assert np.linalg.norm(one[["x", "y", "z"]].to_numpy() - truth, axis=1).max() < 0.5
+    source.close()

@@ -29,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -45,6 +47,7 @@ from workflow_scripts.cameras import Camera, cameras_from_json
 from workflow_scripts.errors import InputError, reject_unknown_keys
 from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
 from workflow_scripts.visual_hull import ArticulatedMesh, BodyFitter, fit_body_track, hull_center
+from workflow_scripts.workers import blas_threads, forked_worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ CENTER_METHODS = ("visual_hull", "triangulation", "body_model")
 #: a body-model fit whose cost exceeds this many times the session's median cost is not trusted
 #: (its frame takes the visual hull's centre instead).
 BODY_FALLBACK_RATIO = 3.0
+#: frames per piece of a run of consecutive kept frames that the body model is fitted to on its own
+#: (the first from a cold start): pieces run in parallel processes, and since the pieces do not depend
+#: on the number of processes, neither do the centres.
+BODY_PIECE = 64
 #: camera name, frame index -> that camera's mask [H, W] (nonzero = mouse) for the frame.
 MaskSource = Callable[[str, int], np.ndarray]
 _AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
@@ -306,7 +313,9 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
         params: settings; ``params.center == "visual_hull"`` needs ``masks``.
         masks: (camera name, frame index) -> mask [H, W]; None = triangulation only.
         threads: frames carved in parallel (NumPy releases the GIL in the carving's array work);
-            the body-model fit runs frame after frame (each starts from the previous fit).
+            body-model pieces (:data:`BODY_PIECE` frames, each frame from the previous one's
+            fit) fitted in that many processes when ``masks`` is a :class:`H5Masks` (other
+            sources: one after another).
         body_model: the ``body_model.BodyModel``; needed for ``params.center == "body_model"``.
     Returns:
         DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
@@ -364,7 +373,7 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
         if body_model is None:
             raise InputError("locate: center = 'body_model' needs the MAMMAL body model. Fix: pass the body model "
                              "(results/body_model/mammal_mouse.npz) to locate_mouse, or set locate.center: visual_hull.")
-        method = _fit_body_model(cameras, names, frames, keep, used_cams, X_tri, X_raw, params, masks, body_model)
+        method = _fit_body_model(cameras, names, frames, keep, used_cams, X_tri, X_raw, params, masks, body_model, threads)
     if params.center in ("visual_hull", "body_model") and masks is not None:
         def centre(i: int, votes: list) -> np.ndarray:
             return hull_center(cameras, votes, X_tri[i], fine=params.hull_resolution, max_misses=params.hull_max_misses)[0]
@@ -397,20 +406,30 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
 
 
 def _fit_body_model(cameras: Sequence[Camera], names: list[str], frames: np.ndarray, keep: np.ndarray, used_cams: np.ndarray,
-                    X_tri: np.ndarray, X_raw: np.ndarray, params: LocateParams, masks: MaskSource, body_model: Any) -> np.ndarray:
-    """Fit the body model to the kept frames' masks (runs of consecutive kept frames, each frame
-    from the previous fit); writes the fitted centres into X_raw and returns the per-frame
-    center_method ("body_model" where the fit is trusted, else "triangulation" for the hull to refine)."""
+                    X_tri: np.ndarray, X_raw: np.ndarray, params: LocateParams, masks: MaskSource, body_model: Any,
+                    threads: int = 1) -> np.ndarray:
+    """Fit the body model to the kept frames' masks (pieces of at most :data:`BODY_PIECE`
+    consecutive kept frames, each frame from the previous fit; pieces in ``threads`` processes
+    when the masks come from the masks files); writes the fitted centres into X_raw and returns
+    the per-frame center_method ("body_model" where the fit is trusted, else "triangulation" for
+    the hull to refine)."""
     method = np.full(len(frames), "triangulation", dtype=object)
     up = estimate_up(cameras, params.up_snap_deg) if params.up == "auto" else _up_vector_from_name(params.up)
-    fitter = BodyFitter(ArticulatedMesh(body_model))
-    runs = [list(r) for r in _segments(keep, frames)]
-
-    def masks_of(i: int) -> list:
-        return [masks(n, int(frames[i])) if used_cams[i, c] else None for c, n in enumerate(names)]
-
+    job = _BodyPieceJob(BodyFitter(ArticulatedMesh(body_model)), list(cameras), names, frames, used_cams, X_tri, up, masks)
+    pieces = [run[k:k + BODY_PIECE] for run in (list(r) for r in _segments(keep, frames)) for k in range(0, len(run), BODY_PIECE)]
+    workers = min(max(1, threads), len(pieces)) if isinstance(masks, H5Masks) else 1
+    fits: dict = {}
     with tqdm(total=int(keep.sum()), desc="locate_mouse: body model", unit="frame", mininterval=2.0) as bar:
-        fits = fit_body_track(fitter, cameras, masks_of, X_tri, up, runs, progress=bar.update)
+        if workers > 1:
+            # fork (workflow_scripts/workers.py); each worker opens the masks files itself (H5Masks)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=forked_worker_setup) as pool:
+                for piece, piece_fits in zip(pieces, pool.map(job, pieces)):
+                    fits.update(piece_fits)
+                    bar.update(len(piece))
+        else:
+            with blas_threads(1):  # many small products: more BLAS threads only spin
+                for piece in pieces:
+                    fits.update(job(piece, progress=bar.update))
     if not fits:
         log.warning("locate_mouse: the body model could not be fitted to any frame; the visual hull gives the centres")
         return method
@@ -450,23 +469,63 @@ def summarize(table: pd.DataFrame) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _mask_source(stack: ExitStack, masks_h5: Mapping[str, str], cams: Sequence[Camera]) -> MaskSource:
-    """(camera, frame index) -> mask [H, W] read from the masks rule's HDF5 files (opened in ``stack``)."""
-    from workflow_scripts.real_shards import open_per_camera  # noqa: PLC0415  (real_shards imports this module)
+class H5Masks:
+    """(camera name, frame index) -> mask [H, W] from the masks rule's HDF5 files: a :data:`MaskSource`
+    that can be sent to worker processes (each opens the files itself on first use)."""
 
-    files = open_per_camera(dict(masks_h5), list(cams), "masks", "masks")
-    for f in files.values():
-        stack.callback(f.close)
-    rows = {name: {int(v): i for i, v in enumerate(f["frame_index"][:])} for name, f in files.items()}
+    def __init__(self, masks_h5: Mapping[str, str], cams: Sequence[Camera]) -> None:
+        from workflow_scripts.real_shards import open_per_camera  # noqa: PLC0415  (real_shards imports this module)
 
-    def read(name: str, frame_index: int) -> np.ndarray:
-        row = rows[name].get(int(frame_index))
+        files = open_per_camera(dict(masks_h5), list(cams), "masks", "masks")  # checks presence, datasets, sizes
+        self.paths = {name: str(f.filename) for name, f in files.items()}
+        self.rows = {name: {int(v): i for i, v in enumerate(f["frame_index"][:])} for name, f in files.items()}
+        self._files, self._pid = files, os.getpid()
+
+    def __getstate__(self) -> dict:
+        return {"paths": self.paths, "rows": self.rows}
+
+    def __setstate__(self, state: dict) -> None:
+        self.paths, self.rows, self._files, self._pid = state["paths"], state["rows"], {}, None
+
+    def __call__(self, name: str, frame_index: int) -> np.ndarray:
+        row = self.rows[name].get(int(frame_index))
         if row is None:
-            raise InputError(f"{files[name].filename}: no mask for frame {frame_index} although its QC table lists it. "
+            raise InputError(f"{self.paths[name]}: no mask for frame {frame_index} although its QC table lists it. "
                              "Fix: rerun the masks rule.")
-        return files[name]["masks"][row]
+        if self._pid != os.getpid():  # another process: never share HDF5 handles across processes
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(name)
+        if f is None:
+            import h5py  # noqa: PLC0415
 
-    return read
+            f = self._files[name] = h5py.File(self.paths[name], "r")
+        return f["masks"][row]
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+
+@dataclasses.dataclass
+class _BodyPieceJob:
+    """Fits the body model to one piece (frame rows) of a run: picklable, so that pieces can run
+    in worker processes. Centres X_tri [T, 3] start the fits; used_cams [T, C] picks the masks."""
+
+    fitter: BodyFitter
+    cameras: list
+    names: list
+    frames: np.ndarray
+    used_cams: np.ndarray
+    X_tri: np.ndarray
+    up: np.ndarray
+    masks: Any
+
+    def __call__(self, piece: Sequence[int], progress=None) -> dict:
+        def masks_of(i: int) -> list:
+            return [self.masks(n, int(self.frames[i])) if self.used_cams[i, c] else None for c, n in enumerate(self.names)]
+
+        return fit_body_track(self.fitter, self.cameras, masks_of, self.X_tri, self.up, [list(piece)], progress=progress)
 
 
 def run_locate_mouse(
@@ -481,7 +540,7 @@ def run_locate_mouse(
         masks_h5: camera name -> masks HDF5 of the masks rule; needed for ``center: visual_hull``
             and ``body_model`` (without it the centre is the triangulated mask centroids).
         body_model_npz: the body_model rule's npz; needed for ``center: body_model``.
-        threads: frames carved in parallel.
+        threads: frames carved in parallel; body-model pieces fitted in parallel processes.
         out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
         out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
             the per-frame ``norm_from_raw`` is ``norm_from_raw(norm, (x, y, z) of that frame)``.
@@ -505,7 +564,9 @@ def run_locate_mouse(
         log.warning("%s: camera %s never sees the mouse (no valid mask in %d frames); it is left out. "
                     "Fix: check that camera's video, masks and frame offset.", mask_qc_csvs[name], name, len(qc[name]))
     with ExitStack() as stack:
-        masks = _mask_source(stack, masks_h5, cams) if masks_h5 and p.center != "triangulation" else None
+        masks = H5Masks(masks_h5, cams) if masks_h5 and p.center != "triangulation" else None
+        if masks is not None:
+            stack.callback(masks.close)
         model = None
         if p.center == "body_model" and masks is not None:
             if not body_model_npz:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import logging
 import multiprocessing
 import os
@@ -66,6 +65,7 @@ from workflow_scripts.poses import PoseSampler, PoseSamplerConfig
 from workflow_scripts.render import Light, MeshRenderer, RenderBatch, vertex_normals
 from workflow_scripts.render import skinny_matmul as _skinny_matmul
 from workflow_scripts.shards import ShardWriter
+from workflow_scripts.workers import forked_worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -689,10 +689,7 @@ class _PrepWorkers:
 def _prep_worker_main(conn, state: tuple) -> None:
     """Worker process: answer each sample index with its SampleSpec (or the exception it raised)."""
     model, sampler, cfg, seed, shard_index = state
-    # Never collect what the fork copied: garbage of the parent (an unreachable renderer, say)
-    # would run its finalizer here, in a process that must not touch the parent's GL context.
-    gc.freeze()
-    _one_blas_thread()  # (not cv2.setNumThreads: it joins OpenCV's pool threads, which a fork does not copy: a hang)
+    forked_worker_setup()
     while True:
         try:
             i = conn.recv()
@@ -708,32 +705,6 @@ def _prep_worker_main(conn, state: tuple) -> None:
             conn.send(msg)
         except Exception:  # an exception that does not pickle
             conn.send(RuntimeError(f"synthetic sample {i}: {traceback.format_exc()}"))
-
-
-def _one_blas_thread() -> None:
-    """Best effort: one OpenBLAS thread in this (worker) process. The parallelism is the worker
-    processes; W workers x one BLAS thread per core only spin against each other (a [28800, 3] x
-    [3, 32] product took 10 ms instead of 0.3 ms on a busy 2-core machine). threadpoolctl does
-    this too, but is not a dependency; without an OpenBLAS loaded this does nothing."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {fields[5] for fields in map(str.split, f) if len(fields) >= 6}
-    except OSError:  # not Linux
-        return
-    libs = sorted(p for p in paths if "openblas" in os.path.basename(p).lower() and ".so" in p)
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(1)
-                break
 
 
 @dataclass
