@@ -237,3 +237,55 @@ def test_bad_inputs_raise(setup):
         crop_view(np.zeros((10, 12, 3), np.uint8), np.zeros((10, 10), np.uint8), prep, X_c, np.eye(4))
     with pytest.raises(InputError, match="background"):
         CropParams(background="green")
+
+
+def test_maps_of_a_rectangle_are_that_window_of_the_crop(setup):
+    cam, prep, X_c = setup
+    R_v = reaim_rotation(cam, X_c, np.array([0.0, 0.0, 1.0]))
+    K = np.array([[700.0, 0, S / 2], [0, 700.0, S / 2], [0, 0, 1]])
+    full, rect = fast_maps(prep, R_v, K, S), (37, 90, 101, 64)
+    x, y, w, h = rect
+    np.testing.assert_allclose(fast_maps(prep, R_v, K, S, rect), full[y:y + h, x:x + w], atol=1e-3)
+    np.testing.assert_allclose(exact_maps(prep, R_v, K, S, rect), exact_maps(prep, R_v, K, S)[y:y + h, x:x + w], atol=1e-9)
+
+
+def test_focal_from_outline_matches_reference_remap(setup, monkeypatch):
+    """The pixel-size rule measured on the mask's outline (undistorted, rotated) gives the focal
+    the reference remap of the mask gives (the fallback), within its sampling error."""
+    import workflow_scripts.crop as crop_mod
+
+    cam, prep, _ = setup
+    fs = {}
+    for X_c in ([35.0, -10.0, 40.0], [-40.0, 60.0, 10.0], [80.0, 30.0, 0.0]):
+        X_c = np.array(X_c)
+        m = disk_mask(cam, X_c, r=30)
+        cv2.ellipse(m, tuple(int(a) for a in cam.project(X_c)), (60, 14), 30, 0, 360, 255, -1)
+        fs[tuple(X_c)] = crop_view(np.zeros((H, W, 3), np.uint8), m, prep, X_c, make_norm(X_c)).f
+        monkeypatch.setattr(crop_mod, "_mask_in_crop", lambda *a: None)
+        ref = crop_view(np.zeros((H, W, 3), np.uint8), m, prep, X_c, make_norm(X_c)).f
+        monkeypatch.undo()
+        assert fs[tuple(X_c)] == pytest.approx(ref, rel=3e-3)
+
+
+@pytest.mark.parametrize("background", ["white", "black"])
+def test_rectangle_crop_equals_whole_crop(setup, background):
+    """Remapping only the rectangle around the mask gives the crop a whole remap at the same K
+    gives, bit for bit; outside CropResult.box the crop is plain background."""
+    import workflow_scripts.crop as crop_mod
+
+    cam, prep, X_c = setup
+    N = make_norm(X_c, up_raw=(0.1, 0.2, 1.0))
+    img = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    m = disk_mask(cam, X_c, r=35)
+    u, v = cam.project(X_c)
+    cv2.line(m, (int(u), int(v)), (int(u) + 70, int(v) - 40), 255, 3)  # a tail
+    r = crop_view(img, m, prep, X_c, N, background=background)
+    x0, y0, x1, y1 = r.box
+    assert 0 < (x1 - x0) * (y1 - y0) < 0.5 * S * S
+    maps = fast_maps(prep, r.c2w_raw[:3, :3], r.K, S)
+    out, mask = crop_mod._remap_view(img, m, maps, CropParams(background=background))
+    np.testing.assert_array_equal(r.image, out)
+    np.testing.assert_array_equal(r.mask, mask)
+    inside = np.zeros((S, S), bool)
+    inside[y0:y1, x0:x1] = True
+    assert not r.mask[~inside].any() and (r.image[~inside] == (255 if background == "white" else 0)).all()

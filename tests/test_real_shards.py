@@ -11,10 +11,11 @@ from PIL import Image
 
 from workflow_scripts.atomic import write_json
 from workflow_scripts.cameras import Camera, cameras_to_json, look_at_c2w
-from workflow_scripts.crop import project_pinhole
+from workflow_scripts.crop import CropParams, crop_view, prepare_camera, project_pinhole
 from workflow_scripts.errors import InputError
 from workflow_scripts.masks import MaskStore, _nonzero_box
-from workflow_scripts.real_shards import chunk_frames, export_facelift_folder, norm_from_raw, run_crop_shards
+from workflow_scripts.real_shards import (PartReader, chunk_frames, export_facelift_folder, norm_from_raw,
+                                         read_cameras_json, read_normalization, run_crop_shards)
 from workflow_scripts.shards import open_shard, read_sample
 
 W, H, T, S = 320, 256, 6, 64
@@ -125,6 +126,48 @@ def test_same_inputs_same_shard(session):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         for k in ("images", "masks", "K", "c2w", "qc/focal"):
             np.testing.assert_array_equal(fa[k][:], fb[k][:])
+
+
+def test_shard_holds_crop_view_results(session):
+    """The shard stores exactly what crop_view gives for each view (images and masks from the
+    views' LZF pieces, constant background rows included), whatever the background and threads."""
+    s = session
+    cams = read_cameras_json(s["cameras_json"])
+    normalization = read_normalization(s["normalization_json"])
+    for bg, files, workers in (("white", s["masks_h5"], 2), ("black", s["masks_h5"], 1), ("keep", s["full_h5"], 2)):
+        params = {**PARAMS, "background": bg}
+        out = s["tmp"] / f"direct_{bg}.h5"
+        _run(s, out, 0, 1, params=params, masks_h5=files, workers=workers)
+        with open_shard(out) as f:
+            for i, fidx in enumerate(f["frame_index"][:]):
+                t = int(np.where(s["frame_index"] == fidx)[0][0])
+                N = norm_from_raw(normalization, s["centers"][t])
+                for v, cam in enumerate(cams):
+                    with h5py.File(files[cam.name]) as m:
+                        x0, y0, x1, y1 = m["stored_box"][t]
+                        r = crop_view(m["frames"][t, y0:y1, x0:x1], m["masks"][t, y0:y1, x0:x1], prepare_camera(cam),
+                                      s["centers"][t], N, params=CropParams.from_dict(params), origin=(x0, y0))
+                    np.testing.assert_array_equal(f["images"][i, v], r.image, err_msg=f"{bg} {i} {v}")
+                    np.testing.assert_array_equal(f["masks"][i, v], r.mask, err_msg=f"{bg} {i} {v}")
+                    np.testing.assert_array_equal(f["K"][i, v], r.K.astype(np.float32))
+                    assert f["qc/focal"][i, v] == np.float32(r.f)
+
+
+def test_part_reader_matches_h5py(session):
+    """Tiles read directly (LZF decoded here) equal h5py's slicing, edge tiles and whole frames too;
+    parts not aligned to the tiles go through h5py."""
+    s = session
+    for files in (s["masks_h5"], s["full_h5"]):
+        with h5py.File(files["camA"]) as f:
+            reader = PartReader(f)
+            assert reader.tile == (128, 128)
+            boxes = [tuple(int(b) for b in box) for box in f["stored_box"][:]] + [(0, 0, W, H), (3, 5, 200, 70), (0, 0, 1, 1)]
+            for t, box in enumerate(boxes):
+                t = t % T
+                x0, y0, x1, y1 = box
+                image, mask = reader.read(t, box)
+                np.testing.assert_array_equal(image, f["frames"][t, y0:y1, x0:x1])
+                np.testing.assert_array_equal(mask, f["masks"][t, y0:y1, x0:x1])
 
 
 def test_empty_chunk_writes_valid_empty_shard(session, caplog):

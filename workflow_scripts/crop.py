@@ -16,9 +16,16 @@ wrong (output rays behind the real camera, or beyond the radius where the polyno
 folds back) the float64 reference :func:`exact_maps` is used instead, which marks those pixels
 as outside the image.
 
-Focal length by the pixel-size rule: the mask is remapped at a reference focal ``f_ref`` (at a
-lower resolution), its area ``A_ref`` measured, and ``f = f_ref * size_ratio * S / sqrt(A_ref)``:
-with the centre fixed, changing f scales the re-aimed image exactly about the principal point.
+Focal length by the pixel-size rule: with the centre fixed, changing f scales the re-aimed image
+exactly about the principal point, so the mask's area at focal 1, ``A1``, gives
+``f = size_ratio * S / sqrt(A1)``. ``A1`` is the mask's pixel count times the area scale of the
+warp over the mask, measured on the mask's outline (undistorted and rotated into the virtual
+camera; :func:`_mask_in_crop`). Where that cannot be done (outline rays behind the virtual camera
+or past the lens model's fold radius) the mask is remapped at a reference focal ``f_ref`` at a
+lower resolution instead, and its area ``A_ref`` gives ``f = f_ref * size_ratio * S / sqrt(A_ref)``.
+
+With a white or black background only the rectangle of the crop around the mask's outline is
+remapped; the rest is background.
 
 Outputs per view (:class:`CropResult`): ``K`` [3, 3] = [[f, 0, S/2], [0, f, S/2], [0, 0, 1]] and
 ``c2w`` [4, 4], the OpenCV camera-to-world of the virtual camera in the **normalized** world
@@ -27,6 +34,7 @@ Outputs per view (:class:`CropResult`): ``K`` [3, 3] = [[f, 0, S/2], [0, f, S/2]
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +109,9 @@ class CropResult:
     valid: passed QC; reason: why not ('' if valid). size_ratio: sqrt(crop mask area) / S.
     center_offset_px: distance of the crop mask's centroid from the crop centre (S/2, S/2).
     touches_crop_border: the crop mask reaches the crop's outer pixel ring (QC only; usually the tail).
+    box: (x0, y0, x1, y1), x1/y1 exclusive, the crop mask's bounding box, outside of which the image
+        is the plain background (white / black backgrounds; None with ``keep``); (0, 0, 0, 0) when
+        the crop mask is empty.
     """
 
     image: np.ndarray
@@ -114,6 +125,7 @@ class CropResult:
     size_ratio: float
     center_offset_px: float
     touches_crop_border: bool
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -134,6 +146,8 @@ class PreparedCamera:
     skew_over_fy: float
     r2_fold: float
     f_full_per_px: float
+    distorted: bool = True
+    center: np.ndarray | None = None  # camera.center (raw world), computed once
 
 
 def radial_fold_r2(dist: np.ndarray) -> float:
@@ -152,7 +166,8 @@ def prepare_camera(camera: Camera) -> PreparedCamera:
     # 0.9: margin for the tangential terms, which the radial fold radius ignores.
     return PreparedCamera(camera=camera, A_cv=A, skew_over_fy=float(K[0, 1] / K[1, 1]),
                           r2_fold=0.9 * radial_fold_r2(camera.dist),
-                          f_full_per_px=0.5 * (K[0, 0] + K[1, 1]) / max(camera.width, camera.height))
+                          f_full_per_px=0.5 * (K[0, 0] + K[1, 1]) / max(camera.width, camera.height),
+                          distorted=bool(np.any(camera.dist)), center=camera.center)
 
 
 def _distorted_pixels(cam: Camera, xn: np.ndarray) -> np.ndarray:
@@ -182,6 +197,18 @@ def split_similarity(norm_from_raw: np.ndarray, source: str = "norm_from_raw") -
     return float(s), R, c
 
 
+@functools.lru_cache(maxsize=64)
+def _rotation_of_bytes(data: bytes) -> np.ndarray:
+    R = split_similarity(np.frombuffer(data, np.float64).reshape(4, 4))[1]
+    R.setflags(write=False)
+    return R
+
+
+def _rotation_of(norm_from_raw: np.ndarray) -> np.ndarray:
+    """R_up of :func:`split_similarity` (validated), remembered for the views of a frame."""
+    return _rotation_of_bytes(np.ascontiguousarray(norm_from_raw, dtype=np.float64).tobytes())
+
+
 def reaim_rotation(camera: Camera, center_raw: np.ndarray, up_raw: np.ndarray) -> np.ndarray:
     """[3, 3] camera-to-world rotation (columns = camera x, y, z axes in the raw world) of the
     virtual camera at ``camera.center`` looking at ``center_raw`` with ``up_raw`` image-up.
@@ -189,16 +216,28 @@ def reaim_rotation(camera: Camera, center_raw: np.ndarray, up_raw: np.ndarray) -
     Image y points down, so camera y = -(up projected orthogonally to the axis). When the axis
     is (nearly) parallel to up the roll is undefined; the real camera's x axis is used then.
     """
-    z = np.asarray(center_raw, dtype=np.float64) - camera.center
+    return _reaim(camera.center, camera.R, center_raw, up_raw)
+
+
+def _reaim(cam_center: np.ndarray, R: np.ndarray, center_raw: np.ndarray, up_raw: np.ndarray) -> np.ndarray:
+    """:func:`reaim_rotation` for a camera centre and world-to-camera R."""
+    z = np.asarray(center_raw, dtype=np.float64) - cam_center
     z /= np.linalg.norm(z)
     up = np.asarray(up_raw, dtype=np.float64)
     up = up / np.linalg.norm(up)
-    x = np.cross(z, up)
+    x = _cross(z, up)
     if np.linalg.norm(x) < 1e-3:
-        x = camera.R[0] - z * (camera.R[0] @ z)
+        x = R[0] - z * (R[0] @ z)
     x /= np.linalg.norm(x)
-    y = np.cross(z, x)
+    y = _cross(z, x)
     return np.stack([x, y, z], axis=1)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.cross of two 3-vectors, the same products and differences (np.cross costs ~20 us)."""
+    a0, a1, a2 = a
+    b0, b1, b2 = b
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
 
 
 def crop_K(f: float, S: int) -> np.ndarray:
@@ -230,27 +269,51 @@ def project_pinhole(K: np.ndarray, c2w: np.ndarray, X: np.ndarray) -> np.ndarray
 
 def _ray_matrix(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray) -> np.ndarray:
     """[3, 3] crop pixel (corner-origin, homogeneous) -> ray in the real camera's frame."""
-    return prep.camera.R @ R_virt_c2w @ np.linalg.inv(K_new)
+    K = np.asarray(K_new, dtype=np.float64)
+    if K[1, 0] == 0 and K[2, 0] == 0 and K[2, 1] == 0 and K[2, 2] == 1:  # upper triangular: invert directly
+        (a, b, c), (_, d, e) = K[0], K[1]
+        K_inv = np.array([[1 / a, -b / (a * d), (b * e - c * d) / (a * d)], [0.0, 1 / d, -e / d], [0.0, 0.0, 1.0]])
+    else:
+        K_inv = np.linalg.inv(K)
+    return prep.camera.R @ R_virt_c2w @ K_inv
 
 
-def _corner_rays(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int) -> tuple[bool, float]:
+def _rect_K(K_new: np.ndarray, S: int, rect: tuple[int, int, int, int] | None) -> tuple[np.ndarray, int, int]:
+    """(K of the rectangle ``rect`` = (x, y, w, h) of the S x S crop as an image of its own, w, h);
+    the whole crop for None."""
+    if rect is None:
+        return np.asarray(K_new, dtype=np.float64), S, S
+    x, y, w, h = rect
+    K = np.array(K_new, dtype=np.float64)
+    K[0, 2] -= x
+    K[1, 2] -= y
+    return K, int(w), int(h)
+
+
+def _corner_rays(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int,
+                 rect: tuple[int, int, int, int] | None = None) -> tuple[bool, float]:
     """(all crop rays in front of the real camera, largest normalized r^2 over the crop).
 
-    z is linear in (u, v), so checking the 4 corners of the crop square decides "in front"; then
-    the square maps to a convex quadrilateral of normalized coords and r^2 (convex) peaks at a corner."""
-    corners = np.array([[0, 0, 1], [S, 0, 1], [0, S, 1], [S, S, 1]], dtype=np.float64)
-    d = corners @ _ray_matrix(prep, R_virt_c2w, K_new).T
+    z is linear in (u, v), so checking the 4 corners of the crop square (or of ``rect``, see
+    :func:`fast_maps`) decides "in front"; then the square maps to a convex quadrilateral of
+    normalized coords and r^2 (convex) peaks at a corner."""
+    K, w, h = _rect_K(K_new, S, rect)
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=np.float64)
+    d = corners @ _ray_matrix(prep, R_virt_c2w, K).T
     if not np.all(d[:, 2] > 1e-9):
         return False, math.inf
     return True, float(((d[:, :2] / d[:, 2:3]) ** 2).sum(1).max())
 
 
-def exact_maps(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int) -> np.ndarray:
+def exact_maps(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int,
+               rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Reference float64 maps [S, S, 2] (OpenCV pixels of the original image) for crop pixels at
-    centres (c + 0.5, r + 0.5); ``_OUTSIDE`` for rays behind the camera or beyond the fold radius."""
-    uu, vv = np.meshgrid(np.arange(S, dtype=np.float64) + 0.5, np.arange(S, dtype=np.float64) + 0.5)
+    centres (c + 0.5, r + 0.5); ``_OUTSIDE`` for rays behind the camera or beyond the fold radius.
+    ``rect`` = (x, y, w, h): only those crop pixels, maps [h, w, 2]."""
+    K, w, h = _rect_K(K_new, S, rect)
+    uu, vv = np.meshgrid(np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5)
     p = np.stack([uu, vv, np.ones_like(uu)], -1)
-    d = p @ _ray_matrix(prep, R_virt_c2w, K_new).T
+    d = p @ _ray_matrix(prep, R_virt_c2w, K).T
     front = d[..., 2] > 1e-9
     xn = d[..., :2] / np.where(front, d[..., 2], 1.0)[..., None]
     uv = _distorted_pixels(prep.camera, xn)
@@ -258,25 +321,30 @@ def exact_maps(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, 
     return uv
 
 
-def fast_maps(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int) -> np.ndarray:
+def fast_maps(prep: PreparedCamera, R_virt_c2w: np.ndarray, K_new: np.ndarray, S: int,
+              rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Maps [S, S, 2] float32 for ``cv2.remap``: crop pixel -> original OpenCV pixel.
 
     ``initUndistortRectifyMap`` computes, for integer output pixel (j, i), the ray
     ``(newK @ R)^-1 [j, i, 1]``; with ``newK`` = the crop K shifted by -0.5 (pixel centres) and
     ``R = R_virt_w2c @ R_orig_c2w`` that is the crop ray in the real camera, which it distorts
-    and projects with the skew-free ``A_cv``; the skew term is added after."""
-    in_front, r2_max = _corner_rays(prep, R_virt_c2w, K_new, S)
+    and projects with the skew-free ``A_cv``; the skew term is added after.
+
+    ``rect`` = (x, y, w, h): maps [h, w, 2] of that rectangle of the crop only (its pixel (j, i)
+    is crop pixel (x + j, y + i): the principal point moves by (-x, -y)), the same rays."""
+    in_front, r2_max = _corner_rays(prep, R_virt_c2w, K_new, S, rect)
     if not in_front:  # rare (a > 90 degree turn); OpenCV's map has no notion of "behind"
-        return exact_maps(prep, R_virt_c2w, K_new, S).astype(np.float32)
-    Kn = np.array(K_new, dtype=np.float64)
+        return exact_maps(prep, R_virt_c2w, K_new, S, rect).astype(np.float32)
+    Kn, w, h = _rect_K(K_new, S, rect)
+    Kn = Kn.copy()
     Kn[0, 2] -= 0.5
     Kn[1, 2] -= 0.5
     R = R_virt_c2w.T @ prep.camera.R.T
-    maps, _ = cv2.initUndistortRectifyMap(prep.A_cv, prep.camera.dist, R, Kn, (S, S), cv2.CV_32FC2)
+    maps, _ = cv2.initUndistortRectifyMap(prep.A_cv, prep.camera.dist, R, Kn, (w, h), cv2.CV_32FC2)
     if r2_max >= prep.r2_fold:
         # Some rays pass the fold radius: the same call without distortion gives their
         # undistorted normalized coords; send those pixels outside the image.
-        pin, _ = cv2.initUndistortRectifyMap(prep.A_cv, None, R, Kn, (S, S), cv2.CV_32FC2)
+        pin, _ = cv2.initUndistortRectifyMap(prep.A_cv, None, R, Kn, (w, h), cv2.CV_32FC2)
         A = prep.A_cv
         r2 = ((pin[..., 0] - A[0, 2]) / A[0, 0]) ** 2 + ((pin[..., 1] - A[1, 2]) / A[1, 1]) ** 2
         maps[r2 >= prep.r2_fold] = _OUTSIDE
@@ -310,6 +378,126 @@ def _remap_mask_float(mask: np.ndarray, maps: np.ndarray) -> np.ndarray:
     return cv2.remap(mask, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32) / 255.0
 
 
+# Outline of the mask for the pixel-size rule: cv2.approxPolyDP tolerance (source pixels).
+_OUTLINE_EPS = 1.0
+_EYE3 = np.eye(3)
+_UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT, 20, 0.0)
+
+
+def _mask_in_crop(prep: PreparedCamera, R_virt_c2w: np.ndarray, mask8: np.ndarray, x0: int, y0: int,
+                  area: int) -> tuple[float, np.ndarray] | None:
+    """(A1, q): the area the mask covers in the virtual camera's image at focal 1 (principal point
+    at 0), and its outline there [n, 2]; None where it cannot be measured so (an outline ray behind
+    the virtual camera, beyond the lens model's fold radius, an undistortion that does not
+    converge, a degenerate outline): the caller remaps a reference crop instead.
+
+    The mask's outer outlines (cv2.findContours, simplified to ``_OUTLINE_EPS`` px, through pixel
+    centres) are undistorted and rotated into the virtual camera; the ratio of their areas there
+    and in the original image is the mean area scale over the mask, and the mask's pixel count
+    times it is A1 (counting pixels, not polygon area, measures the same thing the final crop
+    mask's pixel count does). With the centre fixed, focal f scales this image by f about the
+    principal point, so the crop mask area at focal f is f^2 A1.
+    """
+    cam = prep.camera
+    bx, by, bw, bh = cv2.boundingRect(mask8)
+    if bw == 0 or bh == 0:
+        return None
+    cnts, _ = cv2.findContours(mask8[by:by + bh, bx:bx + bw], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                               offset=(x0 + bx, y0 + by))
+    polys = [cv2.approxPolyDP(c, _OUTLINE_EPS, True) for c in cnts]
+    src_area = sum(cv2.contourArea(q) for q in polys)
+    if not src_area > 0.25 * area:  # lines, specks: no outline area to measure the scale with
+        return None
+    P = np.concatenate(polys).reshape(-1, 2) + 0.5  # pixel centres, corner-origin (float64)
+    K = cam.K
+    yd = (P[:, 1] - K[1, 2]) / K[1, 1]
+    xn = np.stack([(P[:, 0] - K[0, 2] - K[0, 1] * yd) / K[0, 0], yd], 1)
+    if prep.distorted:
+        xu = cv2.undistortPoints(xn.reshape(-1, 1, 2), _EYE3, cam.dist, R=_EYE3, P=_EYE3,
+                                 criteria=_UNDISTORT_CRITERIA).reshape(-1, 2)
+        if not (np.abs(distort_normalized(xu, cam.dist) - xn).max() < 1e-9
+                and (xu * xu).sum(1).max() < prep.r2_fold):
+            return None
+    else:
+        xu = xn
+    M = R_virt_c2w.T @ cam.R.T  # real camera ray -> virtual camera ray
+    d = xu @ M[:, :2].T + M[:, 2]
+    if not np.all(d[:, 2] > 1e-9):
+        return None
+    q = d[:, :2] / d[:, 2:3]
+    q32 = q.astype(np.float32)
+    tgt_area, k = 0.0, 0
+    for poly in polys:
+        tgt_area += cv2.contourArea(q32[k:k + len(poly)])
+        k += len(poly)
+    if not tgt_area > 0:
+        return None
+    return area * tgt_area / src_area, q
+
+
+def _focal_by_reference(prep: PreparedCamera, R_v: np.ndarray, mask8: np.ndarray, x0: int, y0: int, area: int,
+                        p: CropParams, S: int) -> tuple[float | None, str]:
+    """(f or None, reason): the pixel-size rule by remapping the mask at the reference size
+    (where :func:`_mask_in_crop` cannot measure): its area ``A_ref`` at ``f_ref`` gives
+    ``f = f_ref * size_ratio * S / sqrt(A_ref)``."""
+    cam = prep.camera
+    reason = ""
+    # First guess: magnification of the original view near its axis -> aim at ref_ratio.
+    f_ref = p.ref_ratio * p.ref_size * 0.5 * (cam.K[0, 0] + cam.K[1, 1]) / math.sqrt(area)
+    A_ref = 0.0
+    for _ in range(4):
+        K_ref = crop_K(f_ref, p.ref_size)
+        cov = _remap_mask_float(mask8, _shifted(fast_maps(prep, R_v, K_ref, p.ref_size), x0, y0))
+        A_ref = float(cov.sum())
+        if not _touches_border(cov > 0.02):
+            break
+        f_ref *= 0.5  # the mouse does not fit the reference view: widen it
+    else:
+        reason = "mask touches reference crop border"
+    if A_ref <= 0:
+        return None, reason or "mask empty after re-aim"
+    return f_ref * p.size_ratio * S / math.sqrt(A_ref), reason
+
+
+def _remap_view(image: np.ndarray, mask8: np.ndarray, maps: np.ndarray, p: CropParams) -> tuple[np.ndarray, np.ndarray]:
+    """(crop image, crop mask 255/0) of the pixels the maps give, composited on the background."""
+    out = cv2.remap(image, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    if p.mask_interp == "linear":
+        m = cv2.remap(mask8, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # uint8 linear interpolation rounds, so > 127 is "coverage >= 0.5".
+        crop_mask = cv2.threshold(m, 127, 255, cv2.THRESH_BINARY)[1]
+    else:
+        crop_mask = cv2.remap(mask8, maps, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # Composite with the binary mask (255/0) by bitwise ops: white = OR with the inverted mask,
+    # black = AND with the mask (much faster than boolean indexing).
+    if p.background == "white":
+        out = cv2.bitwise_or(out, cv2.cvtColor(cv2.bitwise_not(crop_mask), cv2.COLOR_GRAY2RGB))
+    elif p.background == "black":
+        out = cv2.bitwise_and(out, cv2.cvtColor(crop_mask, cv2.COLOR_GRAY2RGB))
+    return out, crop_mask
+
+
+def _box_in_crop(q: np.ndarray, f: float, S: int, scale: float) -> tuple[int, int, int, int]:
+    """Rectangle (x, y, w, h) of the S x S crop at focal f that holds every crop pixel the mask
+    can reach: its outline ``q`` (focal 1) scaled, plus a margin for the outline's tolerance and
+    the bilinear support (1 px beyond the pixel centres it runs through) at ``scale`` crop px per
+    source px, doubled against anisotropy, and 1 px for rounding. May be empty (w or h 0)."""
+    margin = 2.0 * (_OUTLINE_EPS + 1.0) * scale + 1.0
+    lo = q.min(0) * f + S / 2.0 - margin
+    hi = q.max(0) * f + S / 2.0 + margin
+    x0, y0 = max(0, math.floor(lo[0])), max(0, math.floor(lo[1]))
+    x1, y1 = min(S, math.ceil(hi[0])), min(S, math.ceil(hi[1]))
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
+def _inner_edge_touched(mask: np.ndarray, rect: tuple[int, int, int, int], S: int) -> bool:
+    """Does the crop mask of ``rect`` reach one of the rectangle's edges inside the crop (so that
+    the mask may go on beyond it)?"""
+    x, y, w, h = rect
+    return bool((y > 0 and mask[0].any()) or (y + h < S and mask[-1].any())
+                or (x > 0 and mask[:, 0].any()) or (x + w < S and mask[:, -1].any()))
+
+
 def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCamera, center_raw: np.ndarray,
               norm_from_raw: np.ndarray, S: int | None = None, size_ratio: float | None = None,
               background: str | None = None, params: CropParams | None = None,
@@ -329,6 +517,10 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         origin: (x0, y0), the frame pixel at image[0, 0] / mask[0, 0] (default: whole frames).
     Returns:
         :class:`CropResult` with K [3, 3] and normalized OpenCV c2w [4, 4].
+
+    With a white or black background only the crop's rectangle around the mask is remapped (the
+    rest is background: :func:`_box_in_crop`; CropResult.box); if its mask reaches that
+    rectangle's inner edge, the whole crop is remapped instead.
     """
     p = params or CropParams()
     over = {k: v for k, v in (("image_size", S), ("size_ratio", size_ratio), ("background", background)) if v is not None}
@@ -344,13 +536,14 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
                          f"calibration size {cam.width}x{cam.height}. Fix: check the video / calibration pairing.")
     center_raw = np.asarray(center_raw, dtype=np.float64)
     Nrm = np.asarray(norm_from_raw, dtype=np.float64)
-    _, R_up, _ = split_similarity(Nrm)
+    R_up = _rotation_of(Nrm)
     up_raw = R_up[2]  # R_up.T @ e_z: the raw-world direction that becomes normalized +z
-    R_v = reaim_rotation(cam, center_raw, up_raw)
+    cam_center = prep.center if prep.center is not None else cam.center
+    R_v = _reaim(cam_center, cam.R, center_raw, up_raw)
     c2w_raw = np.eye(4)
-    c2w_raw[:3, :3], c2w_raw[:3, 3] = R_v, cam.center
+    c2w_raw[:3, :3], c2w_raw[:3, 3] = R_v, cam_center
     c2w = np.eye(4)  # normalize_c2w without validating the similarity a second time
-    c2w[:3, :3], c2w[:3, 3] = R_up @ R_v, Nrm[:3, :3] @ cam.center + Nrm[:3, 3]
+    c2w[:3, :3], c2w[:3, 3] = R_up @ R_v, Nrm[:3, :3] @ cam_center + Nrm[:3, 3]
     f_full = prep.f_full_per_px * S
     # Any nonzero value is mouse; cv2.threshold is ~10x faster than np.where at full resolution.
     mask8 = cv2.threshold(np.asarray(mask, dtype=np.uint8), 0, 255, cv2.THRESH_BINARY)[1]
@@ -366,50 +559,54 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         reason = "mask touches image border"
 
     f = f_full
+    outline = None
     if in_front and area_orig > 0:
-        # First guess: magnification of the original view near its axis -> aim at ref_ratio.
-        f_ref = p.ref_ratio * p.ref_size * 0.5 * (cam.K[0, 0] + cam.K[1, 1]) / math.sqrt(area_orig)
-        A_ref = 0.0
-        for _ in range(4):
-            K_ref = crop_K(f_ref, p.ref_size)
-            cov = _remap_mask_float(mask8, _shifted(fast_maps(prep, R_v, K_ref, p.ref_size), x0, y0))
-            A_ref = float(cov.sum())
-            if not _touches_border(cov > 0.02):
-                break
-            f_ref *= 0.5  # the mouse does not fit the reference view: widen it
+        outline = _mask_in_crop(prep, R_v, mask8, x0, y0, area_orig)
+        if outline is not None:
+            f = p.size_ratio * S / math.sqrt(outline[0])
         else:
-            reason = reason or "mask touches reference crop border"
-        if A_ref <= 0:
-            reason = reason or "mask empty after re-aim"
-        else:
-            f = f_ref * p.size_ratio * S / math.sqrt(A_ref)
+            f_ref, why = _focal_by_reference(prep, R_v, mask8, x0, y0, area_orig, p, S)
+            reason = reason or why
+            if f_ref is not None:
+                f = f_ref
     f_lo, f_hi = p.f_min_rel * f_full, p.f_max_rel * f_full
     if not (f_lo <= f <= f_hi):
         reason = reason or f"focal {f:.1f} clamped to [{f_lo:.1f}, {f_hi:.1f}]"
         f = float(np.clip(f, f_lo, f_hi))
 
     K = crop_K(f, S)
-    maps = _shifted(fast_maps(prep, R_v, K, S), x0, y0)
-    # Float32 maps (not the 1/32-px fixed-point CV_16SC2 form): ~0.15 ms/view slower, but the
-    # sampling positions are not quantized.
-    out = cv2.remap(image, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    if p.mask_interp == "linear":
-        m = cv2.remap(mask8, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        # uint8 linear interpolation rounds, so > 127 is "coverage >= 0.5".
-        crop_mask = cv2.threshold(m, 127, 255, cv2.THRESH_BINARY)[1]
+    rect = (0, 0, S, S)
+    if outline is not None and p.background != "keep":
+        rect = _box_in_crop(outline[1], f, S, f * math.sqrt(outline[0] / area_orig))
+    bx, by, bw, bh = rect
+    if bw and bh:
+        sub = rect if rect != (0, 0, S, S) else None
+        out, crop_mask = _remap_view(image, mask8, _shifted(fast_maps(prep, R_v, K, S, sub), x0, y0), p)
+        if sub is not None and _inner_edge_touched(crop_mask, rect, S):  # never seen; just in case
+            rect = bx, by, bw, bh = 0, 0, S, S
+            out, crop_mask = _remap_view(image, mask8, _shifted(fast_maps(prep, R_v, K, S), x0, y0), p)
+    else:  # the mask maps outside the crop
+        rect = bx, by, bw, bh = 0, 0, 0, 0
+        out, crop_mask = np.empty((0, 0, 3), np.uint8), np.empty((0, 0), np.uint8)
+    if rect != (0, 0, S, S):  # paste the rectangle into a background crop
+        full = np.full((S, S, 3), 255 if p.background == "white" else 0, np.uint8)
+        full[by:by + bh, bx:bx + bw] = out
+        full_mask = np.zeros((S, S), np.uint8)
+        full_mask[by:by + bh, bx:bx + bw] = crop_mask
+        out, sub_mask, crop_mask = full, crop_mask, full_mask
     else:
-        crop_mask = cv2.remap(mask8, maps, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    # Composite with the binary mask (255/0) by bitwise ops: white = OR with the inverted mask,
-    # black = AND with the mask (much faster than boolean indexing).
-    if p.background == "white":
-        out = cv2.bitwise_or(out, cv2.cvtColor(cv2.bitwise_not(crop_mask), cv2.COLOR_GRAY2RGB))
-    elif p.background == "black":
-        out = cv2.bitwise_and(out, cv2.cvtColor(crop_mask, cv2.COLOR_GRAY2RGB))
+        sub_mask = crop_mask
 
-    area = cv2.countNonZero(crop_mask)
+    area = cv2.countNonZero(sub_mask) if sub_mask.size else 0
+    box = None
     if area > 0:
-        mom = cv2.moments(crop_mask, binaryImage=True)
-        cx, cy = mom["m10"] / mom["m00"] + 0.5, mom["m01"] / mom["m00"] + 0.5
+        mx, my, mw, mh = cv2.boundingRect(sub_mask)
+        sub_mask = sub_mask[my:my + mh, mx:mx + mw]
+        bx, by = bx + mx, by + my
+        if p.background != "keep":
+            box = (bx, by, bx + mw, by + mh)
+        mom = cv2.moments(sub_mask, binaryImage=True)  # of the mask's box: shift to the crop (exact integer sums)
+        cx, cy = (mom["m10"] + bx * mom["m00"]) / mom["m00"] + 0.5, (mom["m01"] + by * mom["m00"]) / mom["m00"] + 0.5
         offset = float(math.hypot(cx - S / 2.0, cy - S / 2.0))
         # Not a reason to drop the view: the thin tail often reaches the crop border while the
         # body is well framed (QC field only).
@@ -418,6 +615,8 @@ def crop_view(image: np.ndarray, mask: np.ndarray, camera: Camera | PreparedCame
         touches = False
         offset = float("nan")
         reason = reason or "crop mask empty"
+        if p.background != "keep":
+            box = (0, 0, 0, 0)
     return CropResult(image=out, mask=crop_mask, K=K, c2w=c2w, c2w_raw=c2w_raw, f=float(f), valid=not reason,
                       reason=reason, size_ratio=math.sqrt(area) / S, center_offset_px=offset,
-                      touches_crop_border=touches)
+                      touches_crop_border=touches, box=box)

@@ -17,6 +17,7 @@ extras ``qc/size_ratio``, ``qc/center_offset_px``, ``qc/focal`` [N, V] (float32)
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ from workflow_scripts.atomic import write_json
 from workflow_scripts.cameras import Camera, cameras_from_json
 from workflow_scripts.crop import CropParams, CropResult, crop_view, prepare_camera
 from workflow_scripts.errors import InputError
+from workflow_scripts.h5chunks import (StoredChunk, lzf_constant, lzf_decompress_into, lzf_join, lzf_stream,
+                                       lzf_threads_available)
 from workflow_scripts.locate import Normalization
 from workflow_scripts.locate import norm_from_raw as _locate_norm_from_raw
 from workflow_scripts.shards import _COMMON, ShardWriter, open_shard, read_sample
@@ -143,14 +146,86 @@ def chunk_frames(frame_indices: np.ndarray, chunk: int, num_chunks: int) -> np.n
     return np.array_split(np.asarray(frame_indices, dtype=np.int64), num_chunks)[chunk]
 
 
+class PartReader:
+    """Reads the stored part ``frames[row, y0:y1, x0:x1]`` / ``masks[row, y0:y1, x0:x1]`` of one
+    camera's masks file, safe to call from several threads.
+
+    Where the layout allows (uncompressed or LZF tiles of one frame each, no other filters, the
+    part aligned to the tiles, as workflow_scripts/masks.py writes them), the tiles are read with
+    ``read_direct_chunk`` and LZF-decoded here, which releases the GIL (so threads read in
+    parallel, and HDF5's own filter pipeline, which holds h5py's lock, is skipped); otherwise,
+    or when a tile cannot be read so, through h5py.
+    """
+
+    def __init__(self, f: h5py.File) -> None:
+        self.frames, self.masks = f["frames"], f["masks"]
+        self.tile = self._tile()
+
+    def _tile(self) -> tuple[int, int] | None:
+        fr, ms = self.frames, self.masks
+        ok = (fr.chunks is not None and ms.chunks is not None and len(fr.chunks) == 4 and len(ms.chunks) == 3
+              and fr.chunks[0] == ms.chunks[0] == 1 and fr.chunks[1:3] == ms.chunks[1:] and fr.chunks[3] == fr.shape[3]
+              and fr.dtype == ms.dtype == np.uint8)
+        for ds in (fr, ms):
+            ok = ok and ds.compression in (None, "lzf") and not ds.shuffle and not ds.fletcher32 and ds.scaleoffset is None
+        return tuple(ms.chunks[1:]) if ok else None
+
+    def read(self, row: int, box: tuple[int, int, int, int], stored: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(image [h, w, 3], mask [h, w]) of the part (x0, y0, x1, y1) of frame ``row``;
+        ``stored``: all its tiles were written (else h5py reads, giving the fill value)."""
+        x0, y0, x1, y1 = box
+        if stored and self.tile is not None and x0 % self.tile[1] == 0 and y0 % self.tile[0] == 0:
+            try:
+                return self._read_tiles(row, box)
+            except (KeyError, OSError, ValueError, RuntimeError, MemoryError):
+                # h5py raises MemoryError for a tile that was never written
+                pass
+        return self.frames[row, y0:y1, x0:x1], self.masks[row, y0:y1, x0:x1]
+
+    def _read_tiles(self, row: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        x0, y0, x1, y1 = box
+        th, tw = self.tile
+        C = self.frames.shape[3]
+        image = np.empty((y1 - y0, x1 - x0, C), np.uint8)
+        mask = np.empty((y1 - y0, x1 - x0), np.uint8)
+        for ds, out, shape in ((self.frames, image, (th, tw, C)), (self.masks, mask, (th, tw))):
+            lzf = ds.compression == "lzf"
+            for ty in range(y0, y1, th):
+                for tx in range(x0, x1, tw):
+                    fmask, data = ds.id.read_direct_chunk((row, ty, tx) + (0,) * (len(shape) - 2))
+                    if lzf and not fmask & 1:
+                        tile = np.empty(shape, np.uint8)
+                        if not lzf_decompress_into(data, tile):
+                            raise RuntimeError("LZF tile does not decode")
+                    else:
+                        tile = np.frombuffer(data, np.uint8).reshape(shape)
+                    h, w = min(th, y1 - ty), min(tw, x1 - tx)
+                    out[ty - y0:ty - y0 + h, tx - x0:tx - x0 + w] = tile[:h, :w]
+        return image, mask
+
+
+def _view_streams(r: CropResult, background: int) -> tuple[list, list]:
+    """LZF pieces of one view's image and mask, in the order of the sample's chunk: the rows
+    outside ``r.box`` are plain background (image) and 0 (mask) and are encoded as constant runs
+    without compressing them; the rows between are compressed (h5chunks.lzf_join joins them)."""
+    if r.box is None:
+        return [lzf_stream(r.image)], [lzf_stream(r.mask)]
+    S = r.mask.shape[0]
+    _, y0, _, y1 = r.box
+    row3 = r.image.shape[1] * r.image.shape[2]
+    return ([lzf_constant(background, y0 * row3), lzf_stream(r.image[y0:y1]), lzf_constant(background, (S - y1) * row3)],
+            [lzf_constant(0, y0 * S), lzf_stream(r.mask[y0:y1]), lzf_constant(0, (S - y1) * S)])
+
+
 # --- the step -----------------------------------------------------------------------------
 def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
                     normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
                     session: str | None = None, workers: int = 1) -> int:
     """Crop all V cameras for every valid frame of this chunk into one shard; returns N.
 
-    ``workers``: threads cropping the views of a frame in parallel (OpenCV releases the GIL);
-    the HDF5 reads and the writes stay in the calling thread.
+    ``workers``: threads that read, crop and LZF-compress the views of a frame in parallel
+    (OpenCV, ctypes' liblzf and :class:`PartReader`'s decoding release the GIL), one frame
+    ahead of the calling thread, which writes.
 
     ``params``: the config's crop settings (``image_size``, ``size_ratio``, ``background``, ...;
     see :class:`workflow_scripts.crop.CropParams`); all of them, the resolved crop settings and
@@ -186,9 +261,7 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                                  f"({len(fi)} vs {len(ref)} frames). Fix: rerun masks with the same "
                                  "start_frame/max_frames/stride for every camera.")
             boxes[n] = f["stored_box"][:]
-        # dataset handles once: h5py's name lookup costs ~0.1 ms a call
-        frames_of = {n: mf[n]["frames"] for n in names}
-        masks_of = {n: mf[n]["masks"] for n in names}
+        readers = [PartReader(mf[n]) for n in names]
         row_of = {int(v): i for i, v in enumerate(ref)}
         valid = centers[centers["valid"]]
         mine = chunk_frames(valid["frame_index"].to_numpy(), chunk, num_chunks)
@@ -197,7 +270,25 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
             raise InputError(f"{centers_csv}: valid frames {absent[:5]} are not in the masks files "
                              f"({mf[names[0]].filename}). Fix: rerun locate on the current masks.")
         xyz = valid.set_index("frame_index")[["x", "y", "z"]]
+        centre_of = dict(zip(xyz.index.to_numpy(np.int64).tolist(), xyz.to_numpy(np.float64)))
         preps = [prepare_camera(c) for c in cameras]
+        compress = lzf_threads_available()
+        bg_value = 0 if cp.background == "black" else 255
+
+        def crop(v: int, row: int, c: np.ndarray, N: np.ndarray) -> tuple[CropResult, tuple | None]:
+            x0, y0, x1, y1 = (int(b) for b in boxes[names[v]][row])
+            stored = x1 > x0 and y1 > y0
+            x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
+            image, mask = readers[v].read(row, (x0, y0, x1, y1), stored)
+            r = crop_view(image, mask, preps[v], c, N, params=cp, origin=(x0, y0))
+            return r, (_view_streams(r, bg_value) if compress else None)
+
+        def submit(fidx: int) -> tuple:
+            row = row_of[int(fidx)]
+            c = centre_of[int(fidx)]
+            N = norm_from_raw(normalization, c)
+            jobs = [pool.submit(crop, v, row, c, N) if pool else None for v in range(V)]
+            return fidx, N, row, c, jobs
 
         pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="crop")) if workers > 1 else None
         with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
@@ -206,10 +297,18 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                             out_h5, chunk, num_chunks, session)
                 _create_empty_datasets(w)
             n_invalid = 0
-            for fidx in tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame"):
-                row = row_of[int(fidx)]
-                c = xyz.loc[int(fidx)].to_numpy(np.float64)
-                N = norm_from_raw(normalization, c)
+            pending: collections.deque = collections.deque()
+            todo = iter(tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame"))
+            while True:
+                # keep the next frame's views in the pool while this thread writes one
+                while len(pending) < (2 if pool else 1):
+                    fidx = next(todo, None)
+                    if fidx is None:
+                        break
+                    pending.append(submit(fidx))
+                if not pending:
+                    break
+                fidx, N, row, c, jobs = pending.popleft()
                 imgs = np.empty((V, S, S, 3), np.uint8)
                 msks = np.empty((V, S, S), np.uint8)
                 K = np.empty((V, 3, 3))
@@ -217,23 +316,21 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                 ok = np.zeros(V, bool)
                 qc = np.empty((3, V), np.float32)
                 touch = np.zeros(V, bool)
-                parts = []
-                for n in names:
-                    x0, y0, x1, y1 = (int(b) for b in boxes[n][row])
-                    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
-                    parts.append((frames_of[n][row, y0:y1, x0:x1], masks_of[n][row, y0:y1, x0:x1], (x0, y0)))
-
-                def crop(v: int) -> CropResult:
-                    image, mask, origin = parts[v]
-                    return crop_view(image, mask, preps[v], c, N, params=cp, origin=origin)
-
-                for v, (n, r) in enumerate(zip(names, pool.map(crop, range(V)) if pool else map(crop, range(V)))):
+                img_streams, mask_streams = [], []
+                for v, n in enumerate(names):
+                    r, streams = jobs[v].result() if pool else crop(v, row, c, N)
                     imgs[v], msks[v], K[v], c2w[v], ok[v] = r.image, r.mask, r.K, r.c2w, r.valid
                     qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
                     touch[v] = r.touches_crop_border
+                    if streams is not None:
+                        img_streams += streams[0]
+                        mask_streams += streams[1]
                     if not r.valid:
                         log.info("frame %d camera %s invalid: %s", fidx, n, r.reason)
                 n_invalid += int((~ok).sum())
+                if compress:  # chunks joined from the views' LZF pieces (stored as the writer would)
+                    imgs = StoredChunk(imgs, *lzf_join(img_streams, imgs))
+                    msks = StoredChunk(msks, *lzf_join(mask_streams, msks))
                 w.add(images=imgs, masks=msks, K=K, c2w=c2w, frame_index=int(fidx), session=session,
                       norm_from_raw=N, view_valid=ok,
                       extras={"qc/size_ratio": qc[0], "qc/center_offset_px": qc[1], "qc/focal": qc[2],
