@@ -8,6 +8,9 @@ Everything one camera's frames go through, each stage by the pipeline's own func
 process on one video:
 
   decode       video.iter_frames: every frame to RGB (the baseline)
+  decode YUV   video.iter_frames(planar=True): every frame decoded to its planes, no RGB
+               conversion (printed for transparency: run_masks decodes this way and converts
+               only the stored tiles; the ratio's reference stays the RGB decode)
   masks        masks.run_masks: background median (keyframes) + decode + per-frame masks + the
                frame pixels around the mouse -> HDF5 + QC CSV; the only decoding pass
   crop_shards  real_shards.run_crop_shards (S x S crops -> shard), one camera's share: the job
@@ -101,10 +104,11 @@ def config_section(name: str) -> dict:
     return dict(yaml.safe_load((REPO / "config.yaml").read_text())[name])
 
 
-def time_decode(video: str | Path, stride: int = 1) -> float:
-    """Decode every `stride`-th frame of `video` to RGB; return seconds (all frames)."""
+def time_decode(video: str | Path, stride: int = 1, planar: bool = False) -> float:
+    """Decode every `stride`-th frame of `video` to RGB (planar: to its YUV planes, no
+    conversion); return seconds (all frames)."""
     t0 = time.perf_counter()
-    for _ in iter_frames(video, stride=stride):
+    for _ in iter_frames(video, stride=stride, planar=planar):
         pass
     return time.perf_counter() - t0
 
@@ -178,9 +182,10 @@ def main() -> None:
               "swscale context per stream")
         print(f"masks: {mask_cfg}\ncrop: {crop}")
         print(f"median of {args.repeat} runs; frames/s of each run in brackets")
-        dec, runs = [], []
+        dec, dec_yuv, runs = [], [], []
         for r in range(args.repeat):
             dec.append(time_decode(video))
+            dec_yuv.append(time_decode(video, planar=True))
             work = tmp / f"run{r}"
             work.mkdir()
             runs.append(time_pipeline(video, work, mask_cfg, crop, args.views, args.crop_workers))
@@ -194,6 +199,7 @@ def main() -> None:
               f"(a whole RGB frame: {info.width * info.height * 3 / 1024:.0f} KiB)")
         print(f"{'stage':<34s}{'frames/s':>9s} {'ms/frame':>9s}")
         print(_fmt("decode (baseline)", T, dec))
+        print(_fmt("decode to YUV planes, no RGB", T, dec_yuv, "(for transparency; not the ratio's reference)"))
         print(_fmt("masks (decodes)", T, [x["masks"] for x in runs],
                    f"(incl. background median {1e3 * med['background']:.0f} ms once per camera)"))
         print(_fmt(f"crop_shards (1/{args.views} of a job)", T, [x["crop"] for x in runs],

@@ -370,3 +370,127 @@ def test_only_small_holes_are_filled():
     full = compute_mask(fr, bg, MaskConfig(max_hole_frac=1.0))
     assert (full[40:70, 40:70] == 255).all()  # the old behaviour: every hole filled
     assert (compute_mask(fr, bg, MaskConfig())[41:69, 41:69] == 0).all()  # (closing rounds its corners)
+
+
+def _planes(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random Y [h, w], U and V [ceil(h/2), ceil(w/2)] planes."""
+    y = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    u, v = (rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2), dtype=np.uint8) for _ in range(2))
+    return y, u, v
+
+
+def _reference_mask_yuv(fr, bg, cfg: MaskConfig) -> np.ndarray:
+    """The YUV mask computed directly from its definition (module doc) on the whole image: each
+    plane's |difference| in RGB grey levels (round(gain * d), at most 255), chroma repeated over
+    its 2 x 2 block, max over planes, [median blur], > threshold, then the whole-image cleaning."""
+    h, w = fr.y.shape
+
+    def rgb_units(a, b, gain):
+        d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+        return np.minimum(np.floor(gain * d + 0.5), 255).astype(np.uint8)
+
+    gy, gu, gv = bg.gains
+    c = np.maximum(rgb_units(fr.u, bg.u, gu), rgb_units(fr.v, bg.v, gv))
+    d = np.maximum(rgb_units(fr.y, bg.y, gy), c.repeat(2, 0).repeat(2, 1)[:h, :w])
+    fake_rgb = np.repeat(d[:, :, None], 3, axis=2)  # its channel max is d: reuse the RGB reference
+    return _reference_mask(fake_rgb, np.zeros_like(fake_rgb), cfg)
+
+
+def test_yuv_mask_box_cleaning_equals_its_definition_bit_for_bit():
+    """The YUV mask (plane thresholds, chroma hits combined only in the box, cleaning on the box)
+    equals the definition computed on the whole image, for odd and even sizes, every colour
+    matrix/range, and every combination of settings (median blur included)."""
+    from types import SimpleNamespace
+
+    from workflow_scripts.masks import YUVBackground, _compute_mask_box, yuv_rgb_gains
+
+    rng = np.random.default_rng(11)
+    boxed = 0
+    for k in range(300):
+        h, w = (70, 90) if k % 3 else (71, 89)
+        tags = [("yuv420p", 2, 0), ("yuvj420p", 2, 2), ("yuv420p", 1, 1), ("yuv420p", 5, 2)][k % 4]
+        bgp = _planes(rng, h, w)
+        noise = rng.choice([0, 3, 10])
+        y, u, v = (np.clip(p + rng.normal(0, noise, p.shape), 0, 255).astype(np.uint8) for p in bgp)
+        for _ in range(int(rng.integers(0, 4))):  # blobs: luma and colour, or colour only
+            centre = (int(rng.integers(-10, w + 10)), int(rng.integers(-10, h + 10)))
+            axes = (int(rng.integers(1, 30)), int(rng.integers(1, 20)))
+            ang = float(rng.uniform(0, 180))
+            if rng.random() < 0.7:
+                cv2.ellipse(y, centre, axes, ang, 0, 360, int(rng.integers(0, 256)), -1)
+            if rng.random() < 0.5:  # colour-only blobs (the luma unchanged) too
+                for p in (u, v):
+                    cv2.ellipse(p, (centre[0] // 2, centre[1] // 2), (axes[0] // 2, axes[1] // 2), ang, 0, 360,
+                                int(rng.integers(0, 256)), -1)
+        fr = SimpleNamespace(y=y, u=u, v=v)
+        bg = YUVBackground(*bgp, tags=(tags[0], w, h, tags[1], tags[2], 2, 2), gains=yuv_rgb_gains(*tags))
+        cfg = MaskConfig(threshold=int(rng.integers(5, 60)), blur_ksize=int(rng.choice([0, 0, 3, 5])),
+                         open_ksize=int(rng.choice([0, 2, 3, 5])), close_ksize=int(rng.choice([0, 3, 6, 9])),
+                         fill_holes=bool(rng.random() < 0.7), keep_largest=bool(rng.random() < 0.7),
+                         max_hole_frac=float(rng.choice([1.0, 0.01, 0.2])))
+        ref = _reference_mask_yuv(fr, bg, cfg)
+        got, box = _compute_mask_box(fr, bg, cfg, buffers={} if k % 2 else None)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(compute_mask(fr, bg, cfg), ref)
+        if box is not None:
+            boxed += (box[2] - box[0]) * (box[3] - box[1]) < h * w
+            x0, y0, x1, y1 = box
+            assert not ref[:y0].any() and not ref[y1:].any() and not ref[:, :x0].any() and not ref[:, x1:].any()
+    assert boxed > 30
+
+
+def test_yuv_gains_and_plane_thresholds():
+    """Gains: the largest RGB change per unit of Y, U or V alone (BT.601 limited range: 255/219,
+    255/224 * 1.772, 255/224 * 1.402); a plane difference d is foreground iff round(gain * d) >
+    threshold, i.e. iff d > that plane's integer threshold."""
+    from workflow_scripts.masks import YUVBackground, yuv_rgb_gains
+
+    assert yuv_rgb_gains("yuv420p", 2, 0) == pytest.approx((255 / 219, 255 / 224 * 1.772, 255 / 224 * 1.402))
+    assert yuv_rgb_gains("yuvj420p", 2, 0) == pytest.approx((1.0, 1.772, 1.402))  # full range
+    assert yuv_rgb_gains("yuv420p", 2, 2) == pytest.approx((1.0, 1.772, 1.402))
+    assert yuv_rgb_gains("yuv420p", 1, 1) == pytest.approx((255 / 219, 255 / 224 * 1.8556, 255 / 224 * 1.5748))
+    z = np.zeros((2, 2), np.uint8)
+    for gains in (yuv_rgb_gains("yuv420p", 2, 0), yuv_rgb_gains("yuv420p", 1, 2), (0.3, 1.0, 7.5)):
+        bg = YUVBackground(z, z[:1, :1], z[:1, :1], tags=(), gains=gains)
+        for t in (0, 1, 19, 20, 21, 100, 254, 255):
+            for g, thr in zip(gains, bg.thresholds(t)):
+                d = np.arange(256)
+                np.testing.assert_array_equal(d > thr, np.minimum(np.floor(g * d + 0.5), 255) > t)
+    # 20 RGB grey levels = a luma step of 18 in limited range (17 * 255/219 = 19.8 rounds to 20)
+    assert YUVBackground(z, z, z, tags=(), gains=yuv_rgb_gains("yuv420p", 2, 0)).thresholds(20)[0] == 17
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuvj420p", "yuv422p"])
+def test_run_masks_other_yuv_formats(tmp_path, pix_fmt):
+    """Full-range 4:2:0 goes the planar way, 4:2:2 the RGB way; both give good masks and store the
+    decoded frame's pixels bit for bit, in tiles and with store_frames='full'."""
+    path = tmp_path / f"{pix_fmt}.mp4"
+    write_video(path, (scene(t) for t in range(T)), fps=30, crf=16, pix_fmt=pix_fmt)
+    decoded = [f for _, f in iter_frames(path)]
+    for store in ("mouse", "full"):
+        out = tmp_path / f"m_{store}.h5"
+        run_masks(str(path), str(out), str(tmp_path / "qc.csv"), MaskConfig(background_samples=T), store_frames=store)
+        with h5py.File(out, "r") as f:
+            assert min(mask_iou(f["masks"][t], blob_mask(t)) for t in range(T)) >= 0.95
+            for t in range(T):
+                x0, y0, x1, y1 = f["stored_box"][t]
+                if store == "full":
+                    assert (x0, y0, x1, y1) == (0, 0, W, H)
+                np.testing.assert_array_equal(f["frames"][t, y0:y1, x0:x1], decoded[t][y0:y1, x0:x1])
+
+
+def test_external_masks_store_exact_frame_tiles(video, tmp_path):
+    """With external masks the frame tiles are converted alone, still the decoded frame's pixels."""
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    for t in range(T):
+        m = np.zeros((H, W), np.uint8)
+        m[3 + t: 31 + 2 * t, 5 + 3 * t: 40 + 4 * t] = 255  # odd offsets, growing
+        Image.fromarray(m).save(folder / f"{t:05d}.png")
+    run_masks(video, str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(), external=str(folder))
+    decoded = [f for _, f in iter_frames(video)]
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        for t in range(T):
+            x0, y0, x1, y1 = f["stored_box"][t]
+            assert x1 > x0 and y1 > y0
+            np.testing.assert_array_equal(f["frames"][t, y0:y1, x0:x1], decoded[t][y0:y1, x0:x1])

@@ -255,3 +255,104 @@ def test_prefetched_stops_and_closes_when_the_caller_stops(video):
     it.close()
     assert closed == [True]
     assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
+def _write_tagged(path, w: int, h: int, n: int = 4, codec: str = "libx264", pix_fmt: str = "yuv420p",
+                  colorspace: int | None = None, color_range: int | None = None) -> None:
+    """Noisy textured frames encoded with PyAV directly: any size, pixel format and colour tags."""
+    rng = np.random.default_rng(w * h)
+    coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream(codec, rate=15)
+        st.width, st.height, st.pix_fmt = w, h, pix_fmt
+        if colorspace is not None:
+            st.codec_context.colorspace = colorspace
+        if color_range is not None:
+            st.codec_context.color_range = color_range
+        for _ in range(n):
+            rgb = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format=pix_fmt, dst_colorspace=colorspace, dst_color_range=color_range)
+            for p in st.encode(vf):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+
+
+# (name, width, height, codec, pix_fmt, colorspace, color_range, region conversion expected exact)
+PLANAR_VIDEOS = [
+    ("h264_470x398", 470, 398, "libx264", "yuv420p", None, None, True),  # width not a multiple of 16
+    ("yuvj420p_full", 322, 242, "libx264", "yuvj420p", None, None, True),  # full (JPEG) range
+    ("bt709_tv", 350, 260, "libx264", "yuv420p", 1, 1, True),  # BT.709 matrix, limited range
+    ("bt709_pc", 350, 260, "libx264", "yuv420p", 1, 2, True),  # BT.709, full range (decodes as yuvj420p)
+    ("ffv1_odd_width", 353, 262, "ffv1", "yuv420p", None, None, True),
+    ("ffv1_odd_height", 354, 261, "ffv1", "yuv420p", None, None, False),  # swscale filters: whole frames
+]
+
+
+@pytest.mark.parametrize("name,w,h,codec,pix_fmt,cs,cr,exact", PLANAR_VIDEOS, ids=[v[0] for v in PLANAR_VIDEOS])
+def test_planar_frames_give_the_rgb_of_iter_frames_bit_for_bit(tmp_path, caplog, monkeypatch,
+                                                               name, w, h, codec, pix_fmt, cs, cr, exact):
+    """iter_frames(planar=True) keeps 4:2:0 frames in their planes; their whole-frame RGB and the
+    RGB of any region (odd offsets and sizes, edges, single pixels) equal iter_frames' pixels."""
+    import logging
+
+    import workflow_scripts.video as V
+
+    monkeypatch.setattr(V, "_warned_inexact", set())
+    path = tmp_path / f"{name}.{'mkv' if codec == 'ffv1' else 'mp4'}"
+    _write_tagged(path, w, h, codec=codec, pix_fmt=pix_fmt, colorspace=cs, color_range=cr)
+    ref = dict(iter_frames(path))
+    rng = np.random.default_rng(5)
+    n = 0
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.video"):
+        for i, f in iter_frames(path, planar=True):
+            assert isinstance(f, V.YUV420Frame) and f.tags[:3] == (f.tags[0], w, h)
+            assert f.y.shape == (h, w) and f.u.shape == f.v.shape == ((h + 1) // 2, (w + 1) // 2)
+            if cs is not None:
+                assert f.tags[3] == cs
+            np.testing.assert_array_equal(f.rgb(), ref[i])
+            regions = [(0, 0, w, h), (1, 1, w, h), (0, 0, 1, 1), (w - 1, h - 1, w, h), (3, 5, 130, 131),
+                       (w - 129, h - 128, w - 1, h)]
+            for _ in range(20):
+                x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+                regions.append((x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))))
+            for x0, y0, x1, y1 in regions:
+                np.testing.assert_array_equal(f.rgb_region(x0, y0, x1, y1), ref[i][y0:y1, x0:x1])
+                n += 1
+            assert list(f._to_rgb._exact.values()) == [exact]  # the region route is really taken (or not)
+    assert n == len(ref) * 26
+    warned = [r for r in caplog.records if "cannot be converted to RGB exactly" in r.getMessage()]
+    assert len(warned) == (0 if exact else 1)  # logged once per stream kind, not per frame
+
+
+def test_planar_other_pixel_formats_stay_rgb(tmp_path):
+    """A 4:2:2 video (and image folders) yield RGB arrays with planar=True, as without it."""
+    path = tmp_path / "yuv422.mp4"
+    _write_tagged(path, 96, 64, pix_fmt="yuv422p")
+    ref = list(iter_frames(path))
+    got = list(iter_frames(path, planar=True))
+    assert [i for i, _ in got] == [i for i, _ in ref]
+    for (_, a), (_, b) in zip(got, ref):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keyframes_before_planar(video):
+    from workflow_scripts.video import YUV420Frame
+
+    rgb = keyframes_before(video, [3, 9, 15, 19, 8])
+    planar = keyframes_before(video, [3, 9, 15, 19, 8], planar=True)
+    assert [i for i, _ in planar] == [i for i, _ in rgb]
+    for (_, p), (_, r) in zip(planar, rgb):
+        assert isinstance(p, YUV420Frame)
+        np.testing.assert_array_equal(p.rgb(), r)
+        np.testing.assert_array_equal(p.rgb_region(5, 7, 33, 40), r[7:40, 5:33])
+
+
+def test_region_outside_the_frame_raises(video):
+    f = next(iter_frames(video, planar=True))[1]
+    with pytest.raises(ValueError, match="not inside"):
+        f.rgb_region(0, 0, W + 1, H)
+    assert f.rgb_region(4, 4, 4, 9).shape == (5, 0, 3)

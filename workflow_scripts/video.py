@@ -4,6 +4,10 @@ Never loads a whole video: `iter_frames` yields one decoded frame at a time. Fra
 uint8 arrays of shape [H, W, 3] (row = y down, column = x right; pixel (r, c) covers
 [c, c+1) x [r, r+1) in the corner-origin convention of docs/conventions.md).
 
+`iter_frames(..., planar=True)` (and keyframes_before) keep yuv420p / yuvj420p frames in their
+decoded planes instead (YUV420Frame: Y, U, V views, no copy), converting to RGB only on demand,
+for the whole frame or just a region, with exactly the pixels iter_frames would give.
+
 A "video" may also be a directory of still images (png/jpg/jpeg/bmp/tif, naturally sorted by
 file name, e.g. masks exported by SAM2); then frame i is the i-th file and fps is None.
 
@@ -13,6 +17,7 @@ header claims; detected while iterating, with the frame number).
 """
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
@@ -28,6 +33,8 @@ from PIL import Image
 
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -136,19 +143,166 @@ def probe_video(path: str | Path) -> VideoInfo:
     return VideoInfo(str(p), width, height, fps, num, codec)
 
 
+YUV420_FORMATS = ("yuv420p", "yuvj420p")  # frames that iter_frames(planar=True) keeps in their planes
+
+
+def _plane_view(plane: Any) -> np.ndarray:
+    """uint8 [rows, columns] view (no copy) of one plane of a software frame."""
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
+def _tags(frame: av.VideoFrame) -> tuple:
+    """What decides how swscale converts a frame to RGB: pixel format, size, colour tags."""
+    return (frame.format.name, frame.width, frame.height, frame.colorspace, frame.color_range,
+            frame.color_trc, frame.color_primaries)
+
+
+_REGION_TEST_REGIONS = 16  # random regions the exactness check converts (plus fixed ones)
+_warned_inexact: set[tuple] = set()
+
+
 class _ToRGB:
     """Decoded frame -> RGB uint8 [H, W, 3] through ONE swscale context for a whole stream.
 
     ``frame.to_ndarray(format="rgb24")`` builds a new swscale context for every frame (PyAV keeps
     the reformatter on the frame), which costs more than decoding a 640x512 H.264 frame; reusing
     one gives bit-identical pixels (same conversion, same flags) 1.3-4x faster.
+
+    ``region(frame, x0, y0, x1, y1)`` converts only a rectangle of a yuv420p / yuvj420p frame,
+    bit-identical to ``self(frame)[y0:y1, x0:x1]``: the rectangle grown to even rows and columns
+    is copied into a frame of its own (same format and colour tags) and converted with the same
+    settings, then trimmed. That is exact because swscale's unscaled 4:2:0 -> RGB converter, the
+    one it uses for even frame heights, computes pixel (r, c) from Y[r, c], U[r // 2, c // 2] and
+    V[r // 2, c // 2] alone (no filtering, no dithering at 8 bits per channel), so the same
+    samples give the same pixel wherever they sit. Rather than trust that, the first region of
+    each stream kind (``_tags``) runs a check: a random frame of that kind converted whole and in
+    odd-placed, edge-touching and random regions, and the stream's own frame converted whole
+    through the region route (colour tags copied correctly). Where it fails (odd heights take
+    swscale's filtering scaler; some future swscale) regions are cut from whole-frame conversions
+    and a warning is logged once per kind.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         self._reformatter = VideoReformatter()
+        self._name = name
+        self._by_size: dict[tuple[int, int], VideoReformatter] = {}  # region size -> its own context (no re-setup)
+        self._exact: dict[tuple, bool] = {}
+        self._last: tuple[Any, np.ndarray | None] = (None, None)  # whole-frame conversion for fallbacks
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+    def region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """RGB uint8 [y1 - y0, x1 - x0, 3] of a rectangle (x1/y1 exclusive) of the frame."""
+        W, H = frame.width, frame.height
+        if not (0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H):
+            raise ValueError(f"region ({x0}, {y0}, {x1}, {y1}) is not inside the {W}x{H} frame")
+        if x0 == x1 or y0 == y1:
+            return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+        key = _tags(frame)
+        exact = self._exact.get(key)
+        if exact is None:
+            exact = self._exact[key] = key[0] in YUV420_FORMATS and self._check_exact(frame)
+            if not exact and key not in _warned_inexact:
+                _warned_inexact.add(key)
+                log.warning("%s: frame regions of %s %dx%d frames (colorspace %s, range %s) cannot be converted "
+                            "to RGB exactly on their own; converting whole frames (slower, same pixels)",
+                            self._name or "video", *key[:5])
+        if exact:
+            return self._convert_region(frame, x0, y0, x1, y1)
+        if self._last[0] is not frame:
+            self._last = (frame, self(frame))
+        return self._last[1][y0:y1, x0:x1].copy()
+
+    def _convert_region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        W, H = frame.width, frame.height
+        ex0, ey0 = x0 & ~1, y0 & ~1  # chroma sample (r // 2, c // 2) must stay whole
+        ex1, ey1 = min(x1 + (x1 & 1), W), min(y1 + (y1 & 1), H)
+        w, h = ex1 - ex0, ey1 - ey0
+        sub = av.VideoFrame(w, h, frame.format.name)
+        sub.colorspace, sub.color_range = frame.colorspace, frame.color_range
+        sub.color_trc, sub.color_primaries = frame.color_trc, frame.color_primaries
+        cx0, cy0, cx1, cy1 = ex0 // 2, ey0 // 2, (ex1 + 1) // 2, (ey1 + 1) // 2
+        for src, dst, (a0, b0, a1, b1) in zip(frame.planes, sub.planes,
+                                              ((ex0, ey0, ex1, ey1), (cx0, cy0, cx1, cy1), (cx0, cy0, cx1, cy1))):
+            _plane_view(dst)[...] = _plane_view(src)[b0:b1, a0:a1]
+        reformatter = self._by_size.get((w, h))
+        if reformatter is None:
+            if len(self._by_size) >= 64:
+                self._by_size.clear()
+            reformatter = self._by_size[w, h] = VideoReformatter()
+        # one thread: a region is small, and a context with a thread pool costs ~3 ms to set up
+        rgb = reformatter.reformat(sub, format="rgb24", threads=1).to_ndarray()
+        return rgb[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+    def _check_exact(self, frame: av.VideoFrame) -> bool:
+        """Region conversion == whole-frame conversion, on random planes and on `frame` (class doc)."""
+        W, H = frame.width, frame.height
+        rng = np.random.default_rng(0)
+        test = av.VideoFrame(W, H, frame.format.name)
+        test.colorspace, test.color_range = frame.colorspace, frame.color_range
+        test.color_trc, test.color_primaries = frame.color_trc, frame.color_primaries
+        for plane in test.planes:
+            view = _plane_view(plane)
+            view[...] = np.frombuffer(rng.bytes(view.size), np.uint8).reshape(view.shape)
+        whole = self(test)
+        regions = [(0, 0, W, H), (1, 1, W, H), (0, 0, W - 1, H - 1), (1, 1, 2, 2), (W - 1, H - 1, W, H),
+                   (W // 3 | 1, H // 3 | 1, W - (W // 5 | 1), H - (H // 7 | 1))]
+        for _ in range(_REGION_TEST_REGIONS):
+            xa, xb = sorted(int(v) for v in rng.integers(0, W + 1, 2))
+            ya, yb = sorted(int(v) for v in rng.integers(0, H + 1, 2))
+            regions.append((xa, ya, max(xb, xa + 1), max(yb, ya + 1)))
+        for x0, y0, x1, y1 in regions:
+            x0, y0, x1, y1 = min(x0, W - 1), min(y0, H - 1), min(x1, W), min(y1, H)
+            if not np.array_equal(self._convert_region(test, x0, y0, x1, y1), whole[y0:y1, x0:x1]):
+                return False
+        return bool(np.array_equal(self._convert_region(frame, 0, 0, W, H), self(frame)))
+
+
+class YUV420Frame:
+    """A decoded yuv420p / yuvj420p frame in its native planes; RGB on demand.
+
+    y: uint8 [H, W]; u, v: uint8 [ceil(H / 2), ceil(W / 2)] (chroma of 2 x 2 pixel blocks):
+    read-only views into the decoder's buffers, no copy. ``rgb()`` is the whole frame exactly as
+    iter_frames gives it; ``rgb_region(x0, y0, x1, y1)`` equals ``rgb()[y0:y1, x0:x1]`` bit for
+    bit and converts only that region (see _ToRGB.region). ``tags``: (pixel format, width,
+    height, colorspace, color_range, color_trc, color_primaries), the AVFrame's values: frames
+    with equal tags have comparable planes.
+    """
+
+    __slots__ = ("frame", "y", "u", "v", "tags", "_to_rgb")
+
+    def __init__(self, frame: av.VideoFrame, to_rgb: _ToRGB) -> None:
+        self.frame, self._to_rgb, self.tags = frame, to_rgb, _tags(frame)
+        self.y, self.u, self.v = (_plane_view(p) for p in frame.planes)
+        for a in (self.y, self.u, self.v):
+            a.flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, 3): the shape of the RGB frame."""
+        return self.frame.height, self.frame.width, 3
+
+    def rgb(self) -> np.ndarray:
+        return self._to_rgb(self.frame)
+
+    def rgb_region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return self._to_rgb.region(self.frame, x0, y0, x1, y1)
+
+
+def _converter(planar: bool, name: str) -> Any:
+    """frame -> what iter_frames yields: RGB array, or YUV420Frame (planar, 4:2:0 formats)."""
+    to_rgb = _ToRGB(name)
+    if not planar:
+        return to_rgb
+    native = _ToRGB(name)  # its own contexts: YUV420Frame converts in the consumer's thread
+
+    def convert(frame: av.VideoFrame) -> np.ndarray | YUV420Frame:
+        if frame.format.name in YUV420_FORMATS and all(p.line_size > 0 for p in frame.planes):
+            return YUV420Frame(frame, native)
+        return to_rgb(frame)
+
+    return convert
 
 
 def _selected(idx: int, start: int, stride: int) -> bool:
@@ -171,12 +325,14 @@ def _iter_image_folder(p: Path, start: int, stop: int, stride: int,
 
 def iter_frames(
     path: str | Path, start: int = 0, stop: int | None = None, stride: int = 1,
-    only: Collection[int] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+    only: Collection[int] | None = None, planar: bool = False,
+) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     """Yield (frame_index, rgb uint8 [H, W, 3]) for frame_index in range(start, stop, stride).
 
     only: yield just these frame indices of that range (e.g. scattered samples): the others are
     decoded but not converted to RGB.
+    planar: yield yuv420p / yuvj420p frames as YUV420Frame (their planes, not converted; RGB of
+    the whole frame or of a region on demand, the same pixels); other frames stay RGB arrays.
 
     frame_index counts from 0 at the first frame of the file. Streaming: one frame in memory at a
     time. For a large `start` it seeks to the preceding keyframe and decodes forward; frames that
@@ -197,7 +353,7 @@ def iter_frames(
     if p.is_dir():
         yield from _iter_image_folder(p, start, stop, stride, wanted)
         return
-    yield from _iter_video(p, info, start, stop, stride, wanted)
+    yield from _iter_video(p, info, start, stop, stride, wanted, planar)
 
 
 _Item = TypeVar("_Item")
@@ -250,10 +406,11 @@ def prefetched(items: Generator[_Item, None, None], depth: int = 4) -> Iterator[
         thread.join()
 
 
-def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+def keyframes_before(path: str | Path, targets: Sequence[int],
+                     planar: bool = False) -> list[tuple[int, np.ndarray | YUV420Frame]]:
     """(frame_index, RGB uint8 [H, W, 3]) of the keyframe at or before each target frame index,
     distinct and sorted: one seek and one decoded frame each (a keyframe needs no other frame),
-    so frames spread over a long recording cost almost nothing.
+    so frames spread over a long recording cost almost nothing. planar: as in iter_frames.
 
     For an image folder every frame is a "keyframe": the targets themselves. Returns [] when
     the stream cannot seek or its timestamps cannot place frames (then decode sequentially).
@@ -264,11 +421,11 @@ def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int
     if p.is_dir():
         files = list_image_frames(p)
         return [(t, _load_image_rgb(files[t])) for t in targets]
-    got: dict[int, np.ndarray] = {}
+    got: dict[int, np.ndarray | YUV420Frame] = {}
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "SLICE"  # frame threading would decode several frames before the first one
-        to_rgb = _ToRGB()
+        to_rgb = _converter(planar, str(p))
         tb, t0 = stream.time_base, stream.start_time or 0
         if tb is None or info.fps is None:
             return []
@@ -297,12 +454,13 @@ def keyframes_before(path: str | Path, targets: Sequence[int]) -> list[tuple[int
 
 
 def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
-                wanted: frozenset[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                wanted: frozenset[int] | None = None,
+                planar: bool = False) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     assert info.fps is not None
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threading in the decoder
-        to_rgb = _ToRGB()
+        to_rgb = _converter(planar, str(p))
         tb = stream.time_base
         t0 = stream.start_time or 0
 
@@ -331,7 +489,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
                 if expected is None:
                     if idx > start:
                         # Seek overshot (inexact index): fall back to a plain decode from 0.
-                        yield from _iter_video_sequential(p, info, start, stop, stride, wanted)
+                        yield from _iter_video_sequential(p, info, start, stop, stride, wanted, planar)
                         return
                     expected = idx
                 if idx < expected:
@@ -362,12 +520,13 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
 
 
 def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
-                           wanted: frozenset[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                           wanted: frozenset[int] | None = None,
+                           planar: bool = False) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     """Decode from frame 0 counting frames (used when timestamps cannot place a seek)."""
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        to_rgb = _ToRGB()
+        to_rgb = _converter(planar, str(p))
         idx = -1
         try:
             for idx, frame in enumerate(container.decode(stream)):
