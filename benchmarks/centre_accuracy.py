@@ -11,14 +11,14 @@ built-in masks (results/masks/demo) and with the demo's true masks, every estima
 - ``body_model``: the surface centroid of the MAMMAL model fitted to the masks.
 
 Printed per (folder, masks, estimator): 3D error (mm) of the per-frame centre (``x_raw``) and of
-the smoothed one the crops use (``x``, the config's smooth_window), median / 90th percentile /
+the smoothed one the crops use (``x``, the config's smooth_ms at the masks files' frame rate), median / 90th percentile /
 max, the mean error vector (world x, y, z; z is up), the median reprojection error (pixels of the
 original images, per view, of the smoothed centre), and the time per frame. The smoothing floor
 (the true track smoothed the same way, against itself) is printed once per folder. Nothing is
 written.
 
     .venv/bin/python benchmarks/centre_accuracy.py --run /tmp/centre/default --run /tmp/centre/rig
-    .venv/bin/python benchmarks/centre_accuracy.py --run DIR --methods hull64 body_model --masks builtin --smooth-window 1
+    .venv/bin/python benchmarks/centre_accuracy.py --run DIR --methods hull64 body_model --masks builtin --smooth-ms 0
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import yaml
 
 from workflow_scripts.body_model import load_npz
 from workflow_scripts.cameras import cameras_from_json
-from workflow_scripts.locate import LocateParams, locate_track, read_mask_qc, smooth_track
+from workflow_scripts.locate import LocateParams, locate_track, read_mask_qc, sampled_frame_rate, smooth_track, smooth_window_frames
 
 METHODS = {"triangulation": {"center": "triangulation"}, "hull64": {"center": "visual_hull", "hull_resolution": 64},
            "hull128": {"center": "visual_hull", "hull_resolution": 128}, "body_model": {"center": "body_model"}}
@@ -72,6 +72,7 @@ def load_run(folder: Path, session: str = "demo") -> dict:
                "true": {n: qc_from_masks(true_masks[n], frames) for n in names}},
         "masks": {"builtin": lambda n, f: builtin[n][int(f)], "true": lambda n, f: true_masks[n][int(f)]},
         "body_model": load_npz(res / "body_model" / "mammal_mouse.npz"),
+        "frame_rate": sampled_frame_rate({n: res / "masks" / session / f"{n}.h5" for n in names}),
     }
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--masks", nargs="+", default=["builtin", "true"], choices=["builtin", "true"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--smooth-window", type=int, default=None, help="override the config's locate.smooth_window")
+    ap.add_argument("--smooth-ms", type=float, default=None, help="override the config's locate.smooth_ms")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print("| folder | masks | estimator | per-frame err mm (median / p90 / max) | smoothed err mm (median / p90 / max) "
@@ -97,18 +98,19 @@ def main() -> None:
         d = load_run(folder)
         locate_cfg = dict((d["config"].get("locate") or {}))
         base = {k: v for k, v in locate_cfg.items() if k in LocateParams.__dataclass_fields__ and k not in ("center", "hull_resolution")}
-        if args.smooth_window is not None:
-            base["smooth_window"] = args.smooth_window
+        if args.smooth_ms is not None:
+            base["smooth_ms"] = args.smooth_ms
         p0 = LocateParams.from_dict(base)
         T = len(d["com"])
-        floor = smooth_track(d["com"], np.ones(T, bool), d["frames"], p0.smooth_window, p0.smooth_polyorder)
+        window = smooth_window_frames(p0.smooth_ms, d["frame_rate"])
+        floor = smooth_track(d["com"], np.ones(T, bool), d["frames"], window, p0.smooth_polyorder)
         e_floor = np.linalg.norm(floor - d["com"], axis=1)
         for masks in args.masks:
             for name in args.methods:
                 params = LocateParams.from_dict({**base, **METHODS[name]})
                 t0 = time.perf_counter()
                 table = locate_track(d["cameras"], d["qc"][masks], params, masks=d["masks"][masks], threads=args.threads,
-                                     body_model=d["body_model"])
+                                     body_model=d["body_model"], frame_rate=d["frame_rate"])
                 dt = (time.perf_counter() - t0) / T
                 rows = np.searchsorted(d["frames"], table["frame_index"].to_numpy())
                 truth = d["com"][rows]
@@ -120,7 +122,7 @@ def main() -> None:
                 print(f"| {folder.name} | {masks} | {name} | {stats(e_raw)} | {stats(e_sm)} | "
                       f"{np.round(np.nanmean(raw - truth, axis=0), 2).tolist()} | {np.median(px):.2f} ({px.min():.2f}-{px.max():.2f}) "
                       f"| {dt:.3f} |", flush=True)
-        print(f"| {folder.name} | - | smoothing floor (true track, smooth_window {p0.smooth_window}) | 0 | "
+        print(f"| {folder.name} | - | smoothing floor (true track, smooth_ms {p0.smooth_ms:g} = {window} frames) | 0 | "
               f"{np.median(e_floor):.2f} / {np.percentile(e_floor, 90):.2f} / {e_floor.max():.2f} | | | |")
 
 

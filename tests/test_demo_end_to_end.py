@@ -77,18 +77,24 @@ def test_snakemake_report_bundles_the_report_and_qc_figures(demo_run, repo_root,
     assert any(n.endswith("qc.png") for n in names) and any(n.endswith("chunk000_qc.png") for n in names)
 
 
-def test_body_model_centre_through_the_rule(demo_run, repo_root, tmp_path):
-    """locate.center: body_model gets the MAMMAL model through locate_mouse's input and fits it
+def test_centre_from_the_body_model_by_default_and_the_hull_on_request(demo_run, repo_root, tmp_path):
+    """The default centre is the body model's (locate_mouse gets the MAMMAL model as an input);
+    switching to the visual hull reruns only locate_mouse, which then no longer needs the model
     (on a copy of the demo's work folder, so the other tests keep theirs)."""
     import pandas as pd
 
     src, tiny, _ = demo_run
+    target = "results/locate/demo/centers.csv"
+
+    def methods(folder):
+        table = pd.read_csv(folder / target, keep_default_na=False)
+        return table.loc[table["valid"].astype(str) == "True", "center_method"]
+
+    assert len(methods(src)) and (methods(src) == "body_model").mean() > 0.8
     work = tmp_path / "work"
     shutil.copytree(src, work, ignore=shutil.ignore_patterns("train", "eval", "shards"))
-    cfg = {**tiny, "locate": {**tiny.get("locate", {}), "center": "body_model", "smooth_window": 1}}
-    target = "results/locate/demo/centers.csv"
+    cfg = {**tiny, "locate": {**tiny.get("locate", {}), "center": "visual_hull"}}
     assert smk.run(repo_root, [target], config=cfg, workdir=work) == ["locate_mouse"]  # only the centres change
+    (work / "results/body_model/mammal_mouse.npz").unlink()  # not an input of the hull's locate_mouse
     smk.run(repo_root, [target], config=cfg, workdir=work, dryrun=False)
-    table = pd.read_csv(work / target, keep_default_na=False)
-    kept = table[table["valid"].astype(str) == "True"]
-    assert len(kept) and (kept["center_method"] == "body_model").mean() > 0.8
+    assert (methods(work) == "visual_hull").all()

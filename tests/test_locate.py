@@ -54,7 +54,7 @@ def qc_tables(cams, track, frames=None) -> dict[str, pd.DataFrame]:
 
 def test_track_recovered_exactly_with_smoothing():
     cams, X = ring(), truth_track()
-    table = locate_track(cams, qc_tables(cams, X), LocateParams(smooth_window=9))
+    table = locate_track(cams, qc_tables(cams, X), LocateParams(smooth_ms=90), frame_rate=100.0)
     assert table["valid"].all() and (table["reason"] == "").all() and (table["n_cameras"] == 6).all()
     np.testing.assert_allclose(table[["x_raw", "y_raw", "z_raw"]].to_numpy(), X, atol=1e-6)
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), X, atol=1e-6)
@@ -68,7 +68,7 @@ def test_smoothing_reduces_noise():
     for df in qc.values():
         df["centroid_x"] += rng.normal(0, 1.0, len(df))
         df["centroid_y"] += rng.normal(0, 1.0, len(df))
-    table = locate_track(cams, qc, LocateParams(smooth_window=11))
+    table = locate_track(cams, qc, LocateParams(smooth_ms=110), frame_rate=100.0)
     err_raw = np.linalg.norm(table[["x_raw", "y_raw", "z_raw"]].to_numpy() - X, axis=1).mean()
     err_s = np.linalg.norm(table[["x", "y", "z"]].to_numpy() - X, axis=1).mean()
     assert err_s < 0.7 * err_raw
@@ -78,7 +78,7 @@ def test_corrupted_camera_is_rejected():
     cams, X = ring(), truth_track()
     qc = qc_tables(cams, X)
     qc["cam3"].loc[5:9, "centroid_x"] += 80.0
-    table = locate_track(cams, qc, LocateParams(smooth_window=1, max_residual_px=3.0))
+    table = locate_track(cams, qc, LocateParams(smooth_ms=0, max_residual_px=3.0))
     assert table["valid"].all()
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), X, atol=1e-6)
     assert (table.loc[5:9, "rejected_cameras"] == "cam3").all() and (table.loc[5:9, "n_cameras"] == 5).all()
@@ -91,7 +91,7 @@ def test_dropped_frames_have_reasons_and_are_not_bridged():
     for name in ("cam1", "cam2", "cam3", "cam4"):
         qc[name].loc[20:22, "valid"] = False
     qc["cam5"].loc[20:22, "touches_border"] = True  # down-weighted, still usable
-    table = locate_track(cams, qc, LocateParams(min_cameras=3, smooth_window=9))
+    table = locate_track(cams, qc, LocateParams(min_cameras=3, smooth_ms=90), frame_rate=100.0)
     dropped = table.loc[20:22]
     assert not dropped["valid"].any() and dropped["x"].isna().all()
     assert dropped["reason"].str.startswith("too_few_cameras").all() and (dropped["n_cameras"] == 2).all()
@@ -108,7 +108,7 @@ def test_smoothing_does_not_cross_a_gap():
     qc = qc_tables(cams, X)
     for df in qc.values():
         df.loc[18:19, "valid"] = False
-    table = locate_track(cams, qc, LocateParams(smooth_window=9))
+    table = locate_track(cams, qc, LocateParams(smooth_ms=90), frame_rate=100.0)
     kept = table[table["valid"]]
     np.testing.assert_allclose(kept[["x", "y", "z"]].to_numpy(), X[kept.index], atol=1e-6)
 
@@ -194,9 +194,9 @@ def test_run_locate_mouse_end_to_end_and_deterministic(tmp_path):
     for df in qc.values():
         df.loc[10:11, "valid"] = False
     cj, csvs = _write_inputs(tmp_path, cams, qc)
-    params = {"min_cameras": 3, "max_residual_px": 5.0, "smooth_window": 7, "up": "auto", "camera_distance": 2.7, "metric_scale": None}
+    params = {"min_cameras": 3, "max_residual_px": 5.0, "smooth_ms": 70, "up": "auto", "camera_distance": 2.7, "metric_scale": None}
     out_csv, out_norm = tmp_path / "out" / "locate.csv", tmp_path / "out" / "normalization.json"
-    run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), params)
+    run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), params, frame_rate=100.0)
     table = read_locate_table(out_csv)
     assert list(table["frame_index"]) == list(range(100, 100 + N_FRAMES))
     assert table["valid"].sum() == N_FRAMES - 2 and (table.loc[table["valid"], "reason"] == "").all()
@@ -204,10 +204,10 @@ def test_run_locate_mouse_end_to_end_and_deterministic(tmp_path):
     norm = load_normalization(out_norm)
     meta = json.loads(out_norm.read_text())
     assert meta["summary"] == {"kept": N_FRAMES - 2, "too_few_cameras": 2, "cameras_never_seeing_the_mouse": 0,
-                               "centre_from_visual_hull": 0}  # no masks given: triangulation
+                               "centre_from_visual_hull": 0, "centre_from_body_model": 0}  # no masks given: triangulation
     np.testing.assert_array_equal(norm.up_raw, [0, 0, 1])
     first = out_csv.read_bytes(), out_norm.read_bytes()
-    run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), params)
+    run_locate_mouse(cj, csvs, str(out_csv), str(out_norm), params, frame_rate=100.0)
     assert (out_csv.read_bytes(), out_norm.read_bytes()) == first
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["locate.csv", "normalization.json"]  # no temp files left
 
@@ -247,3 +247,26 @@ def test_a_camera_that_never_sees_the_mouse_is_named_and_left_out(tmp_path, capl
     assert table["valid"].all() and (table["n_cameras"] == len(cams) - 1).all()
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), X, atol=1e-5)
     assert json.loads(out_norm.read_text())["summary"]["cameras_never_seeing_the_mouse"] == 1
+
+
+def test_smoothing_window_follows_the_frame_rate(tmp_path):
+    import h5py
+
+    from workflow_scripts.locate import sampled_frame_rate, smooth_window_frames
+
+    assert [smooth_window_frames(50, r) for r in (15, 30, 60, 100, 200)] == [1, 1, 3, 5, 9]
+    assert smooth_window_frames(60, 100) == 5 and smooth_window_frames(70, 100) == 7  # largest odd count within the span
+    assert smooth_window_frames(0, None) == 1
+    with pytest.raises(InputError, match="frame rate"):
+        smooth_window_frames(50, None)
+
+    def masks_file(name, fps, stride):
+        path = tmp_path / f"{name}.h5"
+        with h5py.File(path, "w") as f:
+            f.attrs["fps"], f.attrs["stride"] = fps, stride
+        return str(path)
+
+    assert sampled_frame_rate({"a": masks_file("a", 100.0, 2), "b": masks_file("b", 100.0, 2)}) == 50.0
+    assert sampled_frame_rate({"a": masks_file("c", 0.0, 1)}) is None  # image folders have no frame rate
+    with pytest.raises(InputError, match="disagree"):
+        sampled_frame_rate({"a": masks_file("d", 100.0, 1), "b": masks_file("e", 50.0, 1)})

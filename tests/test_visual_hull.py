@@ -91,13 +91,13 @@ def test_hull_centre_beats_triangulated_centroids(scene):
         ys, xs = np.nonzero(m)
         qc[cam.name] = pd.DataFrame({"frame_index": [0], "area": [float(len(xs))], "centroid_x": [xs.mean() + 0.5],
                                      "centroid_y": [ys.mean() + 0.5], "touches_border": [False], "valid": [True]})
-    tri = locate_track(cams, qc, LocateParams(smooth_window=1, center="triangulation"))
+    tri = locate_track(cams, qc, LocateParams(smooth_ms=0, center="triangulation"))
     X_tri = tri[["x", "y", "z"]].to_numpy()[0]
     X_hull, hull = hull_center(cams, masks, X_tri)
     err_tri, err_hull = np.linalg.norm(X_tri - truth), np.linalg.norm(X_hull - truth)
     assert err_hull < 0.6 * hull.voxel + 0.3 and err_hull < 0.5 * err_tri, (err_hull, err_tri, hull.voxel)
     # locate_track with the masks uses the hull, and says so.
-    table = locate_track(cams, qc, LocateParams(smooth_window=1), masks=lambda name, f: masks[[c.name for c in cams].index(name)])
+    table = locate_track(cams, qc, LocateParams(smooth_ms=0, center="visual_hull"), masks=lambda name, f: masks[[c.name for c in cams].index(name)])
     assert table["center_method"].tolist() == ["visual_hull"]
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy()[0], X_hull, atol=1e-9)
     np.testing.assert_allclose(table[["tri_x", "tri_y", "tri_z"]].to_numpy()[0], X_tri, atol=1e-9)
@@ -112,7 +112,7 @@ def test_empty_hull_keeps_triangulated_centre(scene):
                                      "centroid_y": [ys.mean() + 0.5], "touches_border": [False], "valid": [True]})
     # Masks that disagree completely (each camera sees the shape shifted far away): nothing survives.
     shifted = [np.roll(m, 100, axis=1) if i % 2 else m for i, m in enumerate(masks)]
-    table = locate_track(cams, qc, LocateParams(smooth_window=1), masks=lambda name, f: shifted[[c.name for c in cams].index(name)])
+    table = locate_track(cams, qc, LocateParams(smooth_ms=0, center="visual_hull"), masks=lambda name, f: shifted[[c.name for c in cams].index(name)])
     assert table["valid"].tolist() == [True] and table["center_method"].tolist() == ["triangulation"]
     np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), table[["tri_x", "tri_y", "tri_z"]].to_numpy())
 
@@ -126,8 +126,8 @@ def test_parallel_carving_gives_identical_centres(scene):
         qc[cam.name] = pd.DataFrame({"frame_index": frames, "area": float(len(xs)), "centroid_x": xs.mean() + 0.5 + frames * 0.2,
                                      "centroid_y": ys.mean() + 0.5, "touches_border": False, "valid": True})
     src = lambda name, f: masks[[c.name for c in cams].index(name)]  # noqa: E731
-    one = locate_track(cams, qc, LocateParams(smooth_window=1), masks=src, threads=1)
-    three = locate_track(cams, qc, LocateParams(smooth_window=1), masks=src, threads=3)
+    one = locate_track(cams, qc, LocateParams(smooth_ms=0, center="visual_hull"), masks=src, threads=1)
+    three = locate_track(cams, qc, LocateParams(smooth_ms=0, center="visual_hull"), masks=src, threads=3)
     pd.testing.assert_frame_equal(one, three)
     assert (one["center_method"] == "visual_hull").all()
 
@@ -249,11 +249,11 @@ def test_locate_track_with_the_body_model(mouse, monkeypatch):
         qc[c.name] = pd.DataFrame({"frame_index": np.arange(len(verts)), "area": area, "centroid_x": cxy[:, 0], "centroid_y": cxy[:, 1],
                                    "touches_border": False, "valid": True})
     src = lambda name, f: masks[name][f]  # noqa: E731
-    params = LocateParams(smooth_window=1, center="body_model")
+    params = LocateParams(smooth_ms=0, center="body_model")
     table = locate_track(cams, qc, params, masks=src, body_model=model)
     assert (table["center_method"] == "body_model").all()
     err = np.linalg.norm(table[["x", "y", "z"]].to_numpy() - truth, axis=1)
-    hull = locate_track(cams, qc, LocateParams(smooth_window=1), masks=src)
+    hull = locate_track(cams, qc, LocateParams(smooth_ms=0, center="visual_hull"), masks=src)
     err_hull = np.linalg.norm(hull[["x", "y", "z"]].to_numpy() - truth, axis=1)
     assert err.max() < 0.5 and np.median(err) < 0.3 * np.median(err_hull), (err, err_hull)
     with pytest.raises(InputError, match="body model"):
@@ -292,7 +292,7 @@ def test_body_model_pieces_in_worker_processes_match_one_process(mouse, tmp_path
     with pytest.raises(InputError, match="no mask for frame 7"):
         source("cam1", 7)
     monkeypatch.setattr(locate, "BODY_PIECE", 2)  # pieces [0, 1] and [2]: the second starts cold
-    params = LocateParams(smooth_window=1, center="body_model")
+    params = LocateParams(smooth_ms=0, center="body_model")
     one = locate_track(cams, qc, params, masks=source, threads=1, body_model=model)
     pools = []
     real_pool = locate.ProcessPoolExecutor

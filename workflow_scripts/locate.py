@@ -4,20 +4,20 @@ Per frame, the mask centroids of the cameras whose mask passed QC are triangulat
 (:mod:`workflow_scripts.triangulate`, weight ``sqrt(area)``, times ``border_weight`` when the mask
 touches the image border), outlier cameras are rejected, and frames seen by fewer than
 ``min_cameras`` cameras or with a residual above ``max_residual_px`` are dropped with a reason.
-With ``center = "visual_hull"`` (default, when the masks themselves are given) the kept frames'
-centre is then refined to the surface centroid of the visual hull carved from the masks of the
-cameras the triangulation used (:mod:`workflow_scripts.visual_hull`): a mask centroid is not the
-projection of the 3D centre, so triangulated centroids sit 2-5 mm from the body's surface
-centroid on the demo recording, the hull's centroid about 1.3 mm (docs/preprocessing_bars.md).
-With ``center = "body_model"`` (needs the masks and the MAMMAL body model) the kept frames'
-centre is instead the surface centroid of the body model fitted to those masks
-(:class:`workflow_scripts.visual_hull.BodyFitter`, each frame starting from the previous one's
-fit): 0.15-0.3 mm from the true centre on the demo recording, because the model also places the
-surfaces no silhouette shows (mouth, inner legs, belly) and the thin tail at their true weight.
-Frames the model cannot be fitted to (cost above ``BODY_FALLBACK_RATIO`` x the session's median)
-keep the visual hull's centre.
-The kept track is smoothed (Savitzky-Golay) within runs of consecutive kept frames only, so
-nothing is interpolated across dropped frames.
+With ``center = "body_model"`` (default; needs the masks and the MAMMAL body model) the kept
+frames' centre is then the surface centroid of the body model fitted to the masks of the cameras
+the triangulation used (:class:`workflow_scripts.visual_hull.BodyFitter`, each frame starting
+from the previous one's fit, in pieces of :data:`BODY_PIECE` frames fitted in parallel
+processes): 0.15-0.3 mm from the true centre on the demo recording, because the model also
+places the surfaces no silhouette shows (mouth, inner legs, belly) and the thin tail at their
+true weight. Frames the model cannot be fitted to (cost above ``BODY_FALLBACK_RATIO`` x the
+session's median) take the visual hull's centre. With ``center = "visual_hull"`` every kept
+frame's centre is the surface centroid of the visual hull carved from those masks
+(:mod:`workflow_scripts.visual_hull`), about 1.2 mm from the truth; a mask centroid is not the
+projection of the 3D centre, so triangulated centroids (``"triangulation"``) sit 2-5 mm away
+(docs/preprocessing_bars.md).
+The kept track is smoothed (Savitzky-Golay, over ``smooth_ms`` of sampled frames) within runs
+of consecutive kept frames only, so nothing is interpolated across dropped frames.
 
 Normalization (docs/conventions.md): ``X_norm = s * R_up @ (X_raw - c)`` with ``c`` the frame's
 (smoothed) centre, ``R_up`` turning the raw world's up direction into +z and one scale ``s`` per
@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing
 import os
 from collections import Counter
@@ -76,7 +77,9 @@ class LocateParams:
     min_cameras: fewest cameras with a valid mask for a frame to count (>= 2).
     max_residual_px: largest accepted centroid reprojection residual after outlier rejection.
         A mask centroid is not the projection of the 3D centre, so expect several pixels.
-    smooth_window: Savitzky-Golay window in frames (odd; <= 2 disables smoothing).
+    smooth_ms: Savitzky-Golay window in milliseconds: the largest odd number of (sampled)
+        frames within it, so the same motion is smoothed alike at any frame rate and stride
+        (:func:`smooth_window_frames`; 0, or under 3 frames, disables smoothing).
     smooth_polyorder: Savitzky-Golay polynomial order.
     border_weight: weight factor for masks touching the image border (their centroid is biased).
     up: "auto" or a signed axis ("z", "-y", ...) of the raw world that points up.
@@ -92,14 +95,14 @@ class LocateParams:
 
     min_cameras: int = 3
     max_residual_px: float = 15.0
-    smooth_window: int = 5
+    smooth_ms: float = 50.0
     smooth_polyorder: int = 2
     border_weight: float = 0.25
     up: str = "auto"
     camera_distance: float = 2.7
     metric_scale: float | None = None
     up_snap_deg: float = 10.0
-    center: str = "visual_hull"
+    center: str = "body_model"
     hull_resolution: int = 64
     hull_max_misses: int = 0
 
@@ -116,6 +119,8 @@ class LocateParams:
             _up_vector_from_name(p.up, source)
         if p.center not in CENTER_METHODS:
             raise InputError(f"{source}: center = {p.center!r}; expected one of {CENTER_METHODS}. Fix the config.")
+        if not p.smooth_ms >= 0:
+            raise InputError(f"{source}: smooth_ms = {p.smooth_ms}, must be >= 0 (0 = no smoothing). Fix the config.")
         if int(p.hull_resolution) < 8 or int(p.hull_max_misses) < 0:
             raise InputError(f"{source}: hull_resolution must be >= 8 and hull_max_misses >= 0. Fix the config.")
         return p
@@ -282,6 +287,19 @@ def _segments(keep: np.ndarray, frames: np.ndarray) -> list[np.ndarray]:
     return runs
 
 
+def smooth_window_frames(smooth_ms: float, frame_rate: float | None) -> int:
+    """Savitzky-Golay window (odd, frames) for ``smooth_ms`` at ``frame_rate`` sampled frames per
+    second: the largest odd count of frames spanning at most smooth_ms (1 = none). E.g. 50 ms: 5
+    frames at 100 fps, 1 (no smoothing) at 30 fps or below."""
+    if smooth_ms <= 0:
+        return 1
+    if frame_rate is None or not frame_rate > 0:
+        raise InputError(f"locate: smoothing over {smooth_ms} ms needs the frame rate of the sampled frames. Fix: pass "
+                         "the masks files (their attrs hold fps and stride) or set locate.smooth_ms: 0.")
+    n = int(math.floor(smooth_ms / 1000.0 * frame_rate + 1e-9))
+    return max(1, n if n % 2 else n - 1)
+
+
 def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: int, polyorder: int = 2) -> np.ndarray:
     """Savitzky-Golay smoothing of a track X [T, 3] within runs of kept frames.
 
@@ -302,7 +320,8 @@ def smooth_track(X: np.ndarray, keep: np.ndarray, frames: np.ndarray, window: in
 
 
 def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], params: LocateParams,
-                 masks: MaskSource | None = None, threads: int = 1, body_model: Any = None) -> pd.DataFrame:
+                 masks: MaskSource | None = None, threads: int = 1, body_model: Any = None,
+                 frame_rate: float | None = None) -> pd.DataFrame:
     """Per-frame 3D centre from mask centroids, refined by the visual hull (or the fitted body
     model) when masks are given.
 
@@ -317,6 +336,7 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
             fit) fitted in that many processes when ``masks`` is a :class:`H5Masks` (other
             sources: one after another).
         body_model: the ``body_model.BodyModel``; needed for ``params.center == "body_model"``.
+        frame_rate: sampled frames per second (video fps / stride); needed when ``params.smooth_ms`` > 0.
     Returns:
         DataFrame with :data:`OUT_COLUMNS`, one row per frame in any QC table (sorted); x, y, z
         smoothed raw-world centre (NaN when dropped), x_raw.. the per-frame centre before
@@ -395,7 +415,8 @@ def locate_track(cameras: Sequence[Camera], qc: Mapping[str, pd.DataFrame], para
         n_empty = int(np.sum(keep & (method == "triangulation")))
         if n_empty:
             log.warning("locate_mouse: visual hull empty in %d kept frames (masks disagree); their centre stays triangulated", n_empty)
-    X_s = smooth_track(np.where(keep[:, None], X_raw, np.nan), keep, frames, params.smooth_window, params.smooth_polyorder)
+    window = smooth_window_frames(params.smooth_ms, frame_rate)
+    X_s = smooth_track(np.where(keep[:, None], X_raw, np.nan), keep, frames, window, params.smooth_polyorder)
     return pd.DataFrame({
         "frame_index": frames, "x": X_s[:, 0], "y": X_s[:, 1], "z": X_s[:, 2],
         "x_raw": X_raw[:, 0], "y_raw": X_raw[:, 1], "z_raw": X_raw[:, 2],
@@ -469,6 +490,27 @@ def summarize(table: pd.DataFrame) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def sampled_frame_rate(masks_h5: Mapping[str, str]) -> float | None:
+    """Frames per second of the frames the masks rule kept (its files' attrs ``fps / stride``),
+    the same for every camera; None when no file knows its fps (image folders)."""
+    import h5py  # noqa: PLC0415
+
+    rates = {}
+    for name, path in masks_h5.items():
+        try:
+            with h5py.File(path, "r") as f:
+                rates[name] = float(f.attrs["fps"]) / int(f.attrs["stride"])
+        except (OSError, KeyError) as exc:
+            raise InputError(f"{path}: cannot read the masks file's fps / stride attrs ({exc}). Fix: rerun the masks rule.") from exc
+    lo, hi = min(rates.values()), max(rates.values())
+    if hi == 0:
+        return None
+    if not lo > 0 or hi - lo > 1e-6 * hi:
+        raise InputError(f"masks files disagree on (or lack) the sampled frame rate: {rates}. Fix: give every camera the "
+                         "same fps and stride (check_sync should have caught this).")
+    return lo
+
+
 class H5Masks:
     """(camera name, frame index) -> mask [H, W] from the masks rule's HDF5 files: a :data:`MaskSource`
     that can be sent to worker processes (each opens the files itself on first use)."""
@@ -531,6 +573,7 @@ class _BodyPieceJob:
 def run_locate_mouse(
     cameras_json: str, mask_qc_csvs: Mapping[str, str], out_csv: str, out_normalization_json: str, params: Mapping[str, Any] | None,
     masks_h5: Mapping[str, str] | None = None, threads: int = 1, body_model_npz: str | None = None,
+    frame_rate: float | None = None,
 ) -> pd.DataFrame:
     """The locate_mouse job: cameras JSON + per-camera mask QC CSVs (+ masks) -> QC table CSV + normalization JSON.
 
@@ -540,11 +583,13 @@ def run_locate_mouse(
         masks_h5: camera name -> masks HDF5 of the masks rule; needed for ``center: visual_hull``
             and ``body_model`` (without it the centre is the triangulated mask centroids).
         body_model_npz: the body_model rule's npz; needed for ``center: body_model``.
+        frame_rate: sampled frames per second, for the smoothing window; default: the masks
+            files' ``fps / stride`` (which must agree between cameras).
         threads: frames carved in parallel; body-model pieces fitted in parallel processes.
         out_csv: per-frame table (:data:`OUT_COLUMNS`), written atomically.
         out_normalization_json: ``{"R_up", "scale", "up_raw", "params", "summary"}`` written atomically;
             the per-frame ``norm_from_raw`` is ``norm_from_raw(norm, (x, y, z) of that frame)``.
-        params: :class:`LocateParams` fields (min_cameras, max_residual_px, smooth_window, up,
+        params: :class:`LocateParams` fields (min_cameras, max_residual_px, smooth_ms, up,
             camera_distance, metric_scale, ...).
     Returns:
         The per-frame table.
@@ -575,7 +620,13 @@ def run_locate_mouse(
             from workflow_scripts.body_model import load_npz  # noqa: PLC0415  (imports torch)
 
             model = load_npz(body_model_npz)
-        table = locate_track(cams, qc, p, masks, threads, body_model=model)
+        if frame_rate is None and masks_h5:
+            frame_rate = sampled_frame_rate(masks_h5)
+        if frame_rate is None and p.smooth_ms > 0:
+            log.warning("locate_mouse: the frames have no frame rate (image folders?), so the %g ms smoothing cannot be "
+                        "sized: the track is not smoothed (set locate.smooth_ms: 0 to say so)", p.smooth_ms)
+            p = dataclasses.replace(p, smooth_ms=0.0)
+        table = locate_track(cams, qc, p, masks, threads, body_model=model, frame_rate=frame_rate)
     summary = summarize(table)
     summary["centre_from_visual_hull"] = int((table["center_method"] == "visual_hull").sum())
     if p.center == "body_model":
