@@ -182,6 +182,14 @@ def test_background_modes_and_nearest(setup):
     # same inputs -> same outputs
     again = crop_view(img, m, prep, X_c, N, S=S, background="keep")
     np.testing.assert_array_equal(again.image, keep.image)
+    # out=: the crop lands in the given (dirty) buffers, which become the result's image / mask
+    for bg, ref in (("keep", keep), ("white", white), ("black", black)):
+        bufs = (np.full((S, S, 3), 7, np.uint8), np.full((S, S), 7, np.uint8))
+        r = crop_view(img, m, prep, X_c, N, S=S, background=bg, out=bufs)
+        assert r.image is bufs[0] and r.mask is bufs[1]
+        np.testing.assert_array_equal(r.image, ref.image)
+        np.testing.assert_array_equal(r.mask, ref.mask)
+        assert r.box == ref.box and r.f == ref.f and r.touches_crop_border == ref.touches_crop_border
 
 
 def test_invalid_views_are_flagged(setup):

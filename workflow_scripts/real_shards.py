@@ -275,20 +275,24 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
         compress = lzf_threads_available()
         bg_value = 0 if cp.background == "black" else 255
 
-        def crop(v: int, row: int, c: np.ndarray, N: np.ndarray) -> tuple[CropResult, tuple | None]:
+        def crop(v: int, row: int, c: np.ndarray, N: np.ndarray, imgs: np.ndarray, msks: np.ndarray
+                 ) -> tuple[CropResult, tuple | None]:
             x0, y0, x1, y1 = (int(b) for b in boxes[names[v]][row])
             stored = x1 > x0 and y1 > y0
             x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
             image, mask = readers[v].read(row, (x0, y0, x1, y1), stored)
-            r = crop_view(image, mask, preps[v], c, N, params=cp, origin=(x0, y0))
+            # the crop lands in the sample's arrays (no copy in the writing thread)
+            r = crop_view(image, mask, preps[v], c, N, params=cp, origin=(x0, y0), out=(imgs[v], msks[v]))
             return r, (_view_streams(r, bg_value) if compress else None)
 
         def submit(fidx: int) -> tuple:
             row = row_of[int(fidx)]
             c = centre_of[int(fidx)]
             N = norm_from_raw(normalization, c)
-            jobs = [pool.submit(crop, v, row, c, N) if pool else None for v in range(V)]
-            return fidx, N, row, c, jobs
+            imgs = np.empty((V, S, S, 3), np.uint8)
+            msks = np.empty((V, S, S), np.uint8)
+            jobs = [pool.submit(crop, v, row, c, N, imgs, msks) if pool else None for v in range(V)]
+            return fidx, N, row, c, imgs, msks, jobs
 
         pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="crop")) if workers > 1 else None
         with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
@@ -308,9 +312,7 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                     pending.append(submit(fidx))
                 if not pending:
                     break
-                fidx, N, row, c, jobs = pending.popleft()
-                imgs = np.empty((V, S, S, 3), np.uint8)
-                msks = np.empty((V, S, S), np.uint8)
+                fidx, N, row, c, imgs, msks, jobs = pending.popleft()
                 K = np.empty((V, 3, 3))
                 c2w = np.empty((V, 4, 4))
                 ok = np.zeros(V, bool)
@@ -318,8 +320,8 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                 touch = np.zeros(V, bool)
                 img_streams, mask_streams = [], []
                 for v, n in enumerate(names):
-                    r, streams = jobs[v].result() if pool else crop(v, row, c, N)
-                    imgs[v], msks[v], K[v], c2w[v], ok[v] = r.image, r.mask, r.K, r.c2w, r.valid
+                    r, streams = jobs[v].result() if pool else crop(v, row, c, N, imgs, msks)
+                    K[v], c2w[v], ok[v] = r.K, r.c2w, r.valid  # r.image, r.mask are imgs[v], msks[v]
                     qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
                     touch[v] = r.touches_crop_border
                     if streams is not None:
