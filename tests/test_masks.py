@@ -1,6 +1,8 @@
 """Masks step: background median, blob masks vs truth, QC flags, external masks."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import h5py
 import numpy as np
@@ -78,9 +80,20 @@ def test_background_from_keyframes_without_a_second_pass(tmp_path):
     targets = [vids[i] for i in np.round(np.linspace(0, len(vids) - 1, 6)).astype(int)]  # 2, 6, 10, 13, 17, 21
     np.testing.assert_array_equal(used, [t // 4 * 4 for t in targets])  # 0, 4, 8, 12, 16, 20
     decoded = dict(iter_frames(path))
-    from workflow_scripts.masks import median_uint8
+    planar = dict(iter_frames(path, planar=True))
+    from workflow_scripts.masks import estimate_backgrounds, median_uint8
 
-    np.testing.assert_array_equal(bg, median_uint8(np.stack([decoded[int(i)] for i in used])))
+    sample = [planar[int(i)] for i in used]
+    medians = [median_uint8(np.stack([getattr(f, p) for f in sample])) for p in "yuv"]
+    rgb_median = median_uint8(np.stack([decoded[int(i)] for i in used]))
+    # 4:2:0: the image is the RGB conversion of the plane medians, the frames' own conversion
+    np.testing.assert_array_equal(bg, sample[0].with_planes(*medians).rgb())
+    got, yuv, used_again = estimate_backgrounds(path, vids, samples=6, rgb_median=True)
+    np.testing.assert_array_equal(got, rgb_median)
+    np.testing.assert_array_equal(used_again, used)
+    for p, m in zip("yuv", medians):
+        np.testing.assert_array_equal(getattr(yuv, p), m)
+    assert np.abs(bg.astype(int) - rgb_median).max() <= 8  # (round-offs; the mouse would be ~100)
     # Too few distinct keyframes (14 targets, 6 keyframes): the targets themselves, in one pass
     bg2, used2 = estimate_background(path, vids, samples=14)
     assert len(used2) == 14 and used2[0] == 2 and used2[-1] == 21
@@ -266,9 +279,107 @@ def test_fast_largest_filled_equals_component_then_fill():
     assert filled[15, 15] == 255 and filled[0, 0] == 0
 
 
+def _ref_largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component as first written: connectedComponentsWithStats' areas."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 2:
+        return mask
+    return cv2.compare(labels, 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), cv2.CMP_EQ)
+
+
+def _ref_fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
+    """Small-hole filling as first written: every background component of the whole image
+    labelled, those not touching the border with area <= max_frac x the mask's area filled."""
+    limit = max_frac * cv2.countNonZero(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_not(mask), connectivity=4)
+    h, w = mask.shape
+    x, y, bw, bh, area = (stats[:, i] for i in range(5))
+    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (area <= limit)
+    inner[0] = False
+    if not inner.any():
+        return mask
+    return cv2.bitwise_or(mask, np.where(inner[labels], np.uint8(255), np.uint8(0)))
+
+
+def _random_masks(rng: np.random.Generator, n: int, size: tuple[int, int] = (1, 40)):
+    """Random 255/0 masks: salt and pepper, smooth blobs (holes, many components, ties), blobs
+    off the edge."""
+    for i in range(n):
+        hh, ww = (int(v) for v in rng.integers(*size, 2))
+        if i % 4 == 0:
+            m = np.where(rng.random((hh, ww)) < rng.uniform(0.1, 0.9), 255, 0).astype(np.uint8)
+        else:
+            noise = rng.normal(size=(max(hh // 4, 1), max(ww // 4, 1))).astype(np.float32)
+            field = cv2.resize(noise, (ww, hh), interpolation=cv2.INTER_CUBIC)
+            m = np.where(field > rng.uniform(-0.5, 1.0), 255, 0).astype(np.uint8)
+            if i % 4 == 2:
+                m[[0, -1]] = 0
+                m[:, [0, -1]] = 0
+        yield m
+
+
+def test_component_and_hole_steps_equal_the_whole_labelling():
+    """_largest_component, _fill_small_holes and the contour shortcut of both together equal
+    labelling the whole mask and background with statistics, bit for bit (ties, edges, holes,
+    sizes where OpenCV labels in parallel)."""
+    from workflow_scripts.masks import _fill_small_holes, _largest_component, _largest_small_holes_filled
+
+    rng = np.random.default_rng(11)
+    masks = [*_random_masks(rng, 4000), *_random_masks(rng, 40, (200, 600))]
+    ring = np.zeros((40, 40), np.uint8)
+    cv2.circle(ring, (20, 20), 12, 255, 8)  # a hole of ~1/3 of the ring's area
+    blob = np.zeros((40, 40), np.uint8)
+    cv2.ellipse(blob, (20, 20), (12, 7), 30, 0, 360, 255, -1)
+    shortcut = 0
+    for m in [*masks, ring, blob, np.zeros((5, 5), np.uint8), np.full((5, 5), 255, np.uint8)]:
+        frac = float(rng.choice([0.0, 0.01, 0.05, 0.2, 0.99]))
+        largest = _ref_largest_component(m)
+        np.testing.assert_array_equal(_largest_component(m), largest)
+        np.testing.assert_array_equal(_fill_small_holes(m, frac), _ref_fill_small_holes(m, frac))
+        got = _largest_small_holes_filled(m, frac)
+        np.testing.assert_array_equal(got, _ref_fill_small_holes(largest, frac))
+        shortcut += got is m
+    assert shortcut > 100  # the shortcut was taken often enough to be tested
+    assert _largest_small_holes_filled(blob, 0.01) is blob  # one blob, no hole: the shortcut
+    assert _largest_small_holes_filled(ring, 0.5)[20, 20] == 255 and _largest_small_holes_filled(ring, 0.2)[20, 20] == 0
+
+
+def test_largest_blob_among_specks_without_labelling(monkeypatch):
+    """A mouse-like blob (holes, hollows) with specks around it, in its hollows and holes, some
+    touching it diagonally: kept by the flood fill, without labelling the whole mask, as
+    labelling gives it."""
+    import workflow_scripts.masks as masks_mod
+
+    rng = np.random.default_rng(4)
+    cases = []
+    for _ in range(600):
+        m = np.zeros((int(rng.integers(40, 90)), int(rng.integers(40, 90))), np.uint8)
+        h, w = m.shape
+        cv2.ellipse(m, (w // 2, h // 2), (int(rng.integers(8, w // 2 - 3)), int(rng.integers(6, h // 2 - 3))),
+                    float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        for _ in range(rng.integers(0, 4)):  # holes (fur like the floor) and bites out of the rim
+            cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(1, 6)), 0, -1)
+        for _ in range(rng.integers(1, 12)):  # specks of 1 to 4 x 4 pixels, anywhere but the edge
+            sx, sy = int(rng.integers(1, w - 5)), int(rng.integers(1, h - 5))
+            m[sy:sy + int(rng.integers(1, 5)), sx:sx + int(rng.integers(1, 5))] = rng.choice([0, 255])
+        m[[0, -1]] = 0
+        m[:, [0, -1]] = 0
+        cases.append((m, float(rng.choice([0.0, 0.01, 0.05, 0.3]))))
+    expected = [_ref_fill_small_holes(_ref_largest_component(m), f) for m, f in cases]
+    labelled = []
+    real = masks_mod._largest_component
+    monkeypatch.setattr(masks_mod, "_largest_component", lambda m: labelled.append(1) or real(m))
+    for (m, f), ref in zip(cases, expected):
+        np.testing.assert_array_equal(masks_mod._largest_small_holes_filled(m, f), ref)
+    assert len(labelled) < 0.2 * len(cases)
+
+
 def _reference_mask(frame: np.ndarray, background: np.ndarray, cfg: MaskConfig) -> np.ndarray:
-    """compute_mask as it was before the cleaning ran on a box: every step on the whole image."""
-    from workflow_scripts.masks import _channel_max, _fill_holes, _fill_small_holes, _kernel, _largest_component, _largest_filled
+    """compute_mask as it was before the cleaning ran on a box: every step on the whole image,
+    components and holes labelled as first written."""
+    from workflow_scripts.masks import _channel_max, _fill_holes, _kernel, _largest_filled
+
+    _largest_component, _fill_small_holes = _ref_largest_component, _ref_fill_small_holes
 
     diff = _channel_max(cv2.absdiff(frame, background))
     if cfg.blur_ksize > 1:
@@ -333,6 +444,85 @@ def test_median_uint8_equals_numpy_median(K):
     stack[: K // 2, :4] = rng.integers(0, 3, (K // 2, 4, 11, 3))  # many ties in part of the image
     ref = np.clip(np.floor(np.median(stack, axis=0) + 0.5), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(median_uint8(stack), ref)
+
+
+def test_median_uint8_in_threads():
+    from workflow_scripts.masks import median_uint8
+
+    rng = np.random.default_rng(5)
+    for K in (7, 50):
+        stack = rng.integers(0, 256, (K, 301, 457), dtype=np.uint8)  # 137557 px: split in threads
+        stack[:, :100] //= 16  # ties
+        np.testing.assert_array_equal(median_uint8(stack, workers=2), median_uint8(stack))
+        np.testing.assert_array_equal(median_uint8(stack, workers=3),
+                                      np.floor(np.median(stack, axis=0) + 0.5).astype(np.uint8))
+
+
+def test_rgb_fallback_compares_with_the_rgb_median(video, tmp_path, monkeypatch):
+    """Frames that cannot be compared in their planes (here: all, by a changed tag) are compared
+    in RGB with the median of the RGB frames, as when the video has no plane background, though
+    the stored image is the conversion of the plane medians."""
+    import workflow_scripts.masks as masks_mod
+
+    real = masks_mod.estimate_backgrounds
+    run_masks(video, str(tmp_path / "yuv.h5"), str(tmp_path / "qc0.csv"), MaskConfig())
+
+    def other_tags(*a, **k):
+        rgb, yuv, used = real(*a, **k)
+        return rgb, dataclasses.replace(yuv, tags=("another",)), used
+
+    monkeypatch.setattr(masks_mod, "estimate_backgrounds", other_tags)
+    qc = run_masks(video, str(tmp_path / "fallback.h5"), str(tmp_path / "qc1.csv"), MaskConfig())
+    monkeypatch.setattr(masks_mod, "estimate_backgrounds",
+                        lambda *a, **k: (lambda r: (r[0], None, r[2]))(real(*a, **k, rgb_median=True)))
+    ref = run_masks(video, str(tmp_path / "rgb.h5"), str(tmp_path / "qc2.csv"), MaskConfig())
+    pd.testing.assert_frame_equal(qc, ref)
+    with h5py.File(tmp_path / "fallback.h5", "r") as f, h5py.File(tmp_path / "rgb.h5", "r") as g, \
+            h5py.File(tmp_path / "yuv.h5", "r") as y:
+        np.testing.assert_array_equal(f["masks"][:], g["masks"][:])
+        np.testing.assert_array_equal(f["background"][:], y["background"][:])  # the stored image: unchanged
+        assert not np.array_equal(f["background"][:], g["background"][:])
+
+
+@pytest.mark.parametrize("store_frames", ["mouse", "full"])
+def test_mask_store_tiles_read_back(tmp_path, store_frames):
+    """MaskStore's directly written chunks (threaded or not, LZF by h5py's compressor or through
+    h5py) read back as the stored parts of the masks and frames, edge tiles included; a failed
+    write is raised by close()."""
+    from workflow_scripts.masks import MaskStore, _nonzero_box
+
+    rng = np.random.default_rng(2)
+    h, w, n = 300, 280, 5
+    frames = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    masks = np.zeros((n, h, w), np.uint8)
+    masks[0, 5:20, 250:270] = 255  # edge tile in x
+    masks[1, 130:140, 3:9] = 255
+    masks[1, 290:300, 200:280] = 255  # corner tile
+    masks[3, 100:200, 100:200] = rng.integers(0, 2, (100, 100)) * 255  # incompressible: stored raw
+    results = []
+    for threaded, lzf in ((True, True), (False, True), (True, False)):
+        path = tmp_path / f"s{threaded}{lzf}.h5"
+        with h5py.File(path, "w") as f:
+            store = MaskStore(f, n, h, w, store_frames, threaded=threaded)
+            store._lzf = lzf
+            for t in range(n):
+                store.add(t, frames[t], masks[t], _nonzero_box(masks[t]))
+            store.close()
+        with h5py.File(path, "r") as f:
+            results.append((f["masks"][:], f["frames"][:], f["stored_box"][:]))
+    for t in range(n):
+        x0, y0, x1, y1 = results[0][2][t]
+        np.testing.assert_array_equal(results[0][0][t], masks[t])
+        np.testing.assert_array_equal(results[0][1][t, y0:y1, x0:x1], frames[t, y0:y1, x0:x1])
+        assert (x1 - x0) * (y1 - y0) > 0 or t in (2, 4) and store_frames == "mouse"
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        store = MaskStore(f, n, h, w, store_frames)
+        store.add(0, None, masks[0], _nonzero_box(masks[0]))  # not a frame: fails in the writer thread
+        with pytest.raises(RuntimeError, match="writer"):
+            store.close()
 
 
 def test_external_masks_stored_exactly_in_tiles(tmp_path):

@@ -351,6 +351,39 @@ def test_keyframes_before_planar(video):
         np.testing.assert_array_equal(p.rgb_region(5, 7, 33, 40), r[7:40, 5:33])
 
 
+def test_keyframes_decoded_together_equal_one_by_one(tmp_path, monkeypatch):
+    """The keyframes decoded together by a frame-threaded decoder are the frames (planes,
+    indices) each keyframe's packet gives alone, and what a full decode gives; when the joint
+    decode does not give one frame per packet, each is decoded alone."""
+    import workflow_scripts.video as video_mod
+
+    path = tmp_path / "noisy.mp4"
+    rng = np.random.default_rng(0)
+    frames = [np.clip(f + rng.normal(0, 8, f.shape), 0, 255).astype(np.uint8) for f in square_frames(60)]
+    write_video(path, iter(frames), fps=25, gop=6)  # B-frames between the keyframes
+    targets = [0, 5, 13, 14, 20, 33, 47, 59]
+    info = probe_video(path)
+    joint = video_mod._decode_together
+    results = []
+    monkeypatch.setattr(video_mod, "_decode_together", lambda *a: results.append(joint(*a)) or results[-1])
+    together = keyframes_before(path, targets, planar=True)
+    assert len(results) == 1 and results[0] is not None  # decoded together
+    alone = video_mod._keyframes_one_by_one(path, info, sorted(targets), planar=True)
+    assert [i for i, _ in together] == [i for i, _ in alone]
+    assert len(together) >= 6 and together[0][0] == 0  # (x264 adds keyframes at scene cuts)
+    full = dict(iter_frames(path))
+    for (i, a), (_, b) in zip(together, alone):
+        for plane in "yuv":
+            np.testing.assert_array_equal(getattr(a, plane), getattr(b, plane))
+        np.testing.assert_array_equal(a.rgb(), full[i])
+    calls = []
+    monkeypatch.setattr(video_mod, "_decode_together", lambda packets, ctx: calls.append(len(packets)))
+    fallback = keyframes_before(path, targets)
+    assert calls == [len(targets)] and [i for i, _ in fallback] == [i for i, _ in together]
+    for (i, f) in fallback:
+        np.testing.assert_array_equal(f, full[i])
+
+
 def test_region_outside_the_frame_raises(video):
     f = next(iter_frames(video, planar=True))[1]
     with pytest.raises(ValueError, match="not inside"):

@@ -14,9 +14,11 @@ selection, which removes a mouse that moves around. To avoid a second decoding p
 is the keyframe at or before an evenly spaced frame (one seek + one decoded frame); when that
 gives fewer than half as many distinct frames (a short video, long keyframe intervals), the
 evenly spaced frames themselves are decoded in one pass. A mouse that sits still for most of the
-recording ends up in the background; use external masks (e.g. SAM2) for such sessions. The median
-is taken of the RGB frames (the `background` dataset) and, for yuv420p / yuvj420p videos, of each
-of their Y, U, V planes too (YUVBackground), from the same decoded frames.
+recording ends up in the background; use external masks (e.g. SAM2) for such sessions. For
+yuv420p / yuvj420p videos the median is taken of each of the frames' Y, U, V planes
+(YUVBackground) and the `background` dataset is their RGB conversion (informational: no later
+step reads it); otherwise, and for frames that must be compared in RGB, it is the median of the
+RGB frames.
 
 Decoding: 4:2:0 videos are decoded to their planes and never converted to RGB whole (the
 conversion costs about a third of decoding a frame): the mask comes from the planes and only the
@@ -45,7 +47,7 @@ Output HDF5 (atomic):
                                    the whole image with store_frames="full"). Chunks outside it
                                    are not written and read as 0 (masks: exactly; frames: no data).
   frame_index  int64 [T]           common (session) frame index s
-  background   uint8 [H, W, 3]     RGB
+  background   uint8 [H, W, 3]     RGB (see Background model)
   background_frames int64 [K]      video indices of the frames the median used
   attrs: source (video path), camera, fps, fps_num/fps_den, width, height, stride, offset,
          start_frame, num_frames_source, store_frames ("mouse"/"full"), frame_margin,
@@ -58,6 +60,9 @@ coordinates, x1/y1 exclusive, i.e. column max + 1), touches_border, valid, reaso
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -72,6 +77,7 @@ from tqdm import tqdm
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.errors import InputError
 from workflow_scripts.frames import check_expected, selected_video_indices
+from workflow_scripts.h5chunks import lzf_chunk, lzf_threads_available
 from workflow_scripts.video import YUV420Frame, iter_frames, keyframes_before, prefetched, probe_video
 
 _TILE = 128  # masks and frames are stored in _TILE x _TILE chunks; only those around the mouse are written
@@ -128,10 +134,11 @@ def _sample_indices(T: int, n: int) -> np.ndarray:
 
 
 def estimate_background(video: str | Path, vids: Sequence[int] | None = None, samples: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Temporal median (uint8 [H, W, 3] RGB) of the background sample of `video` and the video
-    indices it used (int64 [K]). The sample (module doc): the keyframes at or before `samples`
-    evenly spaced frames of `vids` (the selected video indices; all frames when None), or those
-    frames themselves when the keyframes are too few."""
+    """The background image (uint8 [H, W, 3] RGB; the masks file's ``background``) of `video`
+    and the video indices of its sample (int64 [K]): estimate_backgrounds. The sample (module
+    doc): the keyframes at or before `samples` evenly spaced frames of `vids` (the selected
+    video indices; all frames when None), or those frames themselves when the keyframes are
+    too few."""
     rgb, _, used = estimate_backgrounds(video, vids, samples)
     return rgb, used
 
@@ -181,10 +188,17 @@ def yuv_rgb_gains(pix_fmt: str, colorspace: int, color_range: int) -> tuple[floa
     return sy, sc * 2 * (1 - kb), sc * 2 * (1 - kr)
 
 
-def estimate_backgrounds(video: str | Path, vids: Sequence[int] | None = None,
-                         samples: int = 50) -> tuple[np.ndarray, YUVBackground | None, np.ndarray]:
-    """estimate_background's RGB median and sample indices, and from the same decoded frames the
-    per-plane median YUVBackground when they are all 4:2:0 frames with the same tags (else None)."""
+def estimate_backgrounds(video: str | Path, vids: Sequence[int] | None = None, samples: int = 50,
+                         rgb_median: bool = False) -> tuple[np.ndarray, YUVBackground | None, np.ndarray]:
+    """(background image, YUVBackground or None, sample indices) of the sample of `video`
+    (estimate_background).
+
+    When the sampled frames are all 4:2:0 frames with the same tags, the YUVBackground is the
+    per-plane median and the image its RGB conversion (as the frames' own, video.YUV420Frame:
+    one conversion instead of one per sample); otherwise there is no YUVBackground and the image
+    is the median of the RGB frames, which rgb_median=True always gives (a pixel's median RGB
+    may differ from the RGB of its median planes by a level or two).
+    """
     if vids is None:
         vids = range(probe_video(video).num_frames)
     if len(vids) == 0:
@@ -196,28 +210,44 @@ def estimate_backgrounds(video: str | Path, vids: Sequence[int] | None = None,
     if not got:
         raise InputError(f"{video}: no frame could be decoded for the background. Fix: re-encode the video.")
     frames = [f for _, f in got]
-    rgb = np.empty((len(frames), *frames[0].shape), np.uint8)
-    for k, f in enumerate(frames):
-        rgb[k] = f if isinstance(f, np.ndarray) else f.rgb()
+    used = np.array([i for i, _ in got], np.int64)
     yuv = None
     if all(isinstance(f, YUV420Frame) for f in frames) and len({f.tags for f in frames}) == 1:
         tags = frames[0].tags
-        yuv = YUVBackground(*(median_uint8(np.stack([getattr(f, p) for f in frames])) for p in "yuv"),
+        yuv = YUVBackground(*(median_uint8(np.stack([getattr(f, p) for f in frames]), workers=2) for p in "yuv"),
                             tags=tags, gains=yuv_rgb_gains(tags[0], tags[3], tags[4]))
-    return median_uint8(rgb), yuv, np.array([i for i, _ in got], np.int64)
+        if not rgb_median:
+            return frames[0].with_planes(yuv.y, yuv.u, yuv.v).rgb(), yuv, used
+    rgb = np.empty((len(frames), *frames[0].shape), np.uint8)
+    for k, f in enumerate(frames):
+        rgb[k] = f if isinstance(f, np.ndarray) else f.rgb()
+    return median_uint8(rgb, workers=2), yuv, used
 
 
-def median_uint8(stack: np.ndarray) -> np.ndarray:
+def median_uint8(stack: np.ndarray, workers: int = 1) -> np.ndarray:
     """Median over axis 0 of uint8 [K, ...], rounded half up: equals
     ``floor(np.median(stack, axis=0) + 0.5)`` (an even K averages the two middle values).
 
     Radix selection, bit by bit (8 passes counting the samples below a candidate value, in
     OpenCV/numpy operations over whole frames): ~5x faster than np.median's partition, exact.
+    workers > 1: that many threads take a part of the pixels each (the operations release the
+    GIL; ~1.8x faster with 2 on 2 cores); the same result.
     """
     K = stack.shape[0]
     if K > 255:  # the uint8 counters below would overflow
         return np.clip(np.floor(np.median(stack, axis=0) + 0.5), 0, 255).astype(np.uint8)
     flat = stack.reshape(K, -1)
+    N = flat.shape[1]
+    if workers > 1 and N >= 2 * 65536:
+        out = np.empty(N, np.uint8)
+        cuts = np.linspace(0, N, workers + 1).astype(np.int64)
+
+        def part(i: int) -> None:
+            out[cuts[i]:cuts[i + 1]] = median_uint8(flat[:, cuts[i]:cuts[i + 1]])
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(part, range(workers)))
+        return out.reshape(stack.shape[1:])
     lo = _kth_smallest(flat, (K - 1) // 2)
     if K % 2:
         return lo.reshape(stack.shape[1:])
@@ -273,16 +303,65 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def _fill_small_holes(mask: np.ndarray, max_frac: float) -> np.ndarray:
     """Fill background regions not connected to the image border (4-connected, as the
-    background of 8-connected blobs) whose area is at most ``max_frac`` x the mask's area."""
-    limit = max_frac * cv2.countNonZero(mask)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.bitwise_not(mask), connectivity=4)
+    background of 8-connected blobs) whose area is at most ``max_frac`` x the mask's area.
+
+    The holes are what a 4-connected flood fill from outside the image leaves unreached; only
+    they (their bounding box) are labelled to measure their areas, not the whole background:
+    the same holes, so the same result as labelling all of it (tests/test_masks.py).
+    """
     h, w = mask.shape
-    x, y, bw, bh, area = (stats[:, i] for i in range(5))
-    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h) & (area <= limit)
-    inner[0] = False  # label 0 is the mask itself
-    if not inner.any():
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    cv2.floodFill(padded, None, (0, 0), 255, flags=4)  # the background reachable from outside
+    holes = cv2.bitwise_not(padded[1:-1, 1:-1])  # 255: background the flood did not reach
+    x, y, bw, bh = cv2.boundingRect(holes)
+    if bw == 0:
         return mask
-    return cv2.bitwise_or(mask, np.where(inner[labels], np.uint8(255), np.uint8(0)))
+    limit = max_frac * cv2.countNonZero(mask)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(holes[y:y + bh, x:x + bw], connectivity=4)
+    small = stats[:, cv2.CC_STAT_AREA] <= limit
+    small[0] = False  # label 0: not a hole
+    if not small.any():
+        return mask
+    out = mask.copy()
+    part = out[y:y + bh, x:x + bw]
+    cv2.bitwise_or(part, np.where(small[labels], np.uint8(255), np.uint8(0)), dst=part)
+    return out
+
+
+def _largest_small_holes_filled(mask: np.ndarray, max_frac: float) -> np.ndarray:
+    """_fill_small_holes(_largest_component(mask), max_frac), for most masks without labelling.
+
+    For a mask off the array's edge, its contours (Suzuki-Abe border following: 8-connected
+    foreground, 4-connected background, what cv2.findContours implements) give one outer border
+    per blob and one hole border per hole, under the outer border of the blob around it. One
+    blob without holes is left as it is (a mouse after closing often is). Of several blobs, the
+    one whose border's box (w x h) has max(w, h) > w' x h' of every other box is the largest (it
+    has >= max(w, h) pixels, the others <= w' x h'): it is kept by a flood fill (the specks of
+    codec noise around a mouse are dropped so), and its holes filled if it has any. Otherwise
+    (near the edge, blobs of similar size) both steps run as written; the same result ~5-10x
+    faster (tests/test_masks.py checks it against labelling the whole mask).
+    """
+    h, w = mask.shape
+    x, y, bw, bh = cv2.boundingRect(mask)
+    if bw == 0:
+        return mask
+    if not (x > 0 and y > 0 and x + bw < w and y + bh < h):
+        return _fill_small_holes(_largest_component(mask), max_frac)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parent = hierarchy[0, :, 3]
+    outer = np.flatnonzero(parent < 0)  # top level: outer borders, one per blob
+    if len(outer) == 1:
+        return mask if len(contours) == 1 else _fill_small_holes(mask, max_frac)
+    rects = np.array([cv2.boundingRect(contours[i]) for i in outer], np.int64)
+    areas = rects[:, 2] * rects[:, 3]
+    k = int(np.argmax(areas))
+    if max(rects[k, 2], rects[k, 3]) <= np.delete(areas, k).max():
+        return _fill_small_holes(_largest_component(mask), max_frac)
+    blob = mask.copy()
+    cv2.floodFill(blob, None, tuple(int(v) for v in contours[outer[k]][0, 0]), 128, flags=8)
+    largest = cv2.compare(blob, 128, cv2.CMP_EQ)  # 255 on the largest blob
+    return _fill_small_holes(largest, max_frac) if np.any(parent == outer[k]) else largest
 
 
 def _channel_max(img: np.ndarray) -> np.ndarray:
@@ -292,12 +371,14 @@ def _channel_max(img: np.ndarray) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 8-connected component (by pixel count) of a 255/0 mask."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    """Keep the largest 8-connected component (by pixel count; the first label on a tie) of a
+    255/0 mask. Labels as connectedComponentsWithStats gives them (the same labelling, without
+    the statistics, which cost as much again), areas counted with bincount."""
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
     if n <= 2:
         return mask
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return cv2.compare(labels, largest, cv2.CMP_EQ)  # 255 where equal
+    areas = np.bincount(labels.ravel(), minlength=n)
+    return cv2.compare(labels, 1 + int(np.argmax(areas[1:])), cv2.CMP_EQ)  # 255 where equal
 
 
 def _largest_filled(mask: np.ndarray) -> np.ndarray:
@@ -470,8 +551,10 @@ def _clean(mask: np.ndarray, cfg: MaskConfig) -> np.ndarray:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(cfg.open_ksize))
     if cfg.close_ksize > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _kernel(cfg.close_ksize))
-    if cfg.keep_largest and cfg.fill_holes and cfg.max_hole_frac >= 1:
-        return _largest_filled(mask)
+    if cfg.keep_largest and cfg.fill_holes:
+        if cfg.max_hole_frac >= 1:
+            return _largest_filled(mask)
+        return _largest_small_holes_filled(mask, cfg.max_hole_frac)
     if cfg.keep_largest:
         mask = _largest_component(mask)
     if cfg.fill_holes:
@@ -578,10 +661,23 @@ class MaskStore:
 
     ``add(t, frame, mask, bbox)`` stores frame t: the mask and frame tiles of its stored region
     (bbox: (x0, y0, x1, y1) of the mask's nonzero pixels, x1/y1 exclusive, None when empty), or
-    the whole frame with store_frames="full". ``close()`` writes ``stored_box``.
+    the whole frame with store_frames="full". ``close()`` writes ``stored_box``; ``abort()``
+    (after an error) stops writing.
+
+    Tiles are whole chunks, so they are stored with ``write_direct_chunk`` as HDF5 would store
+    them (frame tiles raw; mask tiles LZF-compressed by h5py's own lzf_compress,
+    workflow_scripts/h5chunks.py; an edge tile padded with the fill value 0): this skips HDF5's
+    selection and filter machinery (~0.1 ms a tile), and readers see the same datasets. Where
+    h5py's lzf_compress is not usable, mask tiles go through h5py.
+
+    threaded: the RGB conversion of a YUV420Frame's stored region, the compression and the
+    writing run in a writer thread, one frame after another (swscale and LZF release the GIL:
+    they overlap the caller's next frame). ``add`` copies the mask's stored part; the frame is
+    read later, so it must not change after ``add`` (decoded frames do not).
     """
 
-    def __init__(self, fout: h5py.File, T: int, H: int, W: int, store_frames: str = "mouse") -> None:
+    def __init__(self, fout: h5py.File, T: int, H: int, W: int, store_frames: str = "mouse",
+                 threaded: bool = True) -> None:
         if store_frames not in STORE_FRAMES:
             raise ValueError(f"store_frames must be one of {STORE_FRAMES}, got {store_frames!r}")
         self.H, self.W, self.store_frames = H, W, store_frames
@@ -591,23 +687,98 @@ class MaskStore:
                                           chunks=(*mask_chunks(H, W), 3), fillvalue=0)
         self.boxes = np.zeros((T, 4), np.int32)
         self._fout = fout
+        self._tile = mask_chunks(H, W)[1:]
+        self._lzf = lzf_threads_available()
         fout.attrs.update({"store_frames": store_frames, "frame_margin": FRAME_MARGIN})
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
+        if threaded:
+            self._queue = queue.Queue(8)
+            self._thread = threading.Thread(target=self._drain, name="masks-writer", daemon=True)
+            self._thread.start()
 
     def add(self, t: int, frame: np.ndarray | YUV420Frame, mask: np.ndarray,
             bbox: tuple[int, int, int, int] | None) -> None:
         """frame: RGB uint8 [H, W, 3], or a YUV420Frame of which only the stored region is
         converted to RGB (the same pixels as converting the whole frame)."""
+        region = None
         if bbox is not None:
-            x0, y0, x1, y1 = self.boxes[t] = stored_region(bbox, self.H, self.W)
-            self.masks[t, y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+            region = x0, y0, x1, y1 = stored_region(bbox, self.H, self.W)
+            self.boxes[t] = region
+            mask = mask[y0:y1, x0:x1].copy()
         if self.store_frames == "full":
             self.boxes[t] = (0, 0, self.W, self.H)
-            self.frames[t] = frame if isinstance(frame, np.ndarray) else frame.rgb()
-        elif bbox is not None:
-            self.frames[t, y0:y1, x0:x1] = (frame[y0:y1, x0:x1] if isinstance(frame, np.ndarray)
-                                            else frame.rgb_region(x0, y0, x1, y1))
+        if self._queue is None:
+            self._write(t, frame, mask, region)
+            return
+        if self._error is not None:
+            raise RuntimeError("the masks file's writer thread failed") from self._error
+        self._queue.put((t, frame, mask, region))
+
+    def _write(self, t: int, frame: np.ndarray | YUV420Frame, mask: np.ndarray,
+               region: tuple[int, int, int, int] | None) -> None:
+        """Store frame t's tiles; mask: the stored region's part of the mask."""
+        if region is not None:
+            x0, y0, x1, y1 = region
+            if self._lzf:
+                self._write_tiles(self.masks, t, mask, region, (x0, y0), compress=True)
+            else:
+                self.masks[t, y0:y1, x0:x1] = mask
+        if self.store_frames == "full":
+            rgb = frame if isinstance(frame, np.ndarray) else frame.rgb()
+            self._write_tiles(self.frames, t, rgb, (0, 0, self.W, self.H), (0, 0))
+        elif region is not None:
+            rgb = frame[y0:y1, x0:x1] if isinstance(frame, np.ndarray) else frame.rgb_region(x0, y0, x1, y1)
+            self._write_tiles(self.frames, t, rgb, region, (x0, y0))
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # raised in the caller's thread (add / close)
+                    self._error = exc
+
+    def _write_tiles(self, ds: h5py.Dataset, t: int, arr: np.ndarray, region: tuple[int, int, int, int],
+                     origin: tuple[int, int], compress: bool = False) -> None:
+        """Store the tiles of the tile-aligned ``region`` of frame t, whose pixels are ``arr``'s
+        (pixel (x, y) of the frame at arr[y - origin[1], x - origin[0]]), as whole chunks."""
+        th, tw = self._tile
+        ox, oy = origin
+        x0, y0, x1, y1 = region
+        tail = (0,) * (arr.ndim - 2)
+        for ty in range(y0, y1, th):
+            for tx in range(x0, x1, tw):
+                part = arr[ty - oy:min(ty + th, y1) - oy, tx - ox:min(tx + tw, x1) - ox]
+                if part.shape[:2] == (th, tw):
+                    tile = np.ascontiguousarray(part)
+                else:  # an edge tile: the chunk's part beyond the image holds the fill value
+                    tile = np.zeros((th, tw, *arr.shape[2:]), np.uint8)
+                    tile[:part.shape[0], :part.shape[1]] = part
+                fmask, data = lzf_chunk(tile) if compress else (0, tile)
+                ds.id.write_direct_chunk((t, ty, tx, *tail), data, filter_mask=fmask)
+
+    def _join(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def abort(self) -> None:
+        """Stop the writer thread (what it has not written is dropped); no stored_box."""
+        if self._queue is not None:
+            self._error = self._error or RuntimeError("aborted")
+            self._join()
 
     def close(self) -> None:
+        """Finish writing (raising the writer thread's error, if any) and write ``stored_box``."""
+        self._join()
+        if self._error is not None:
+            raise RuntimeError("the masks file's writer thread failed") from self._error
         self._fout.create_dataset("stored_box", data=self.boxes)
 
 
@@ -632,6 +803,9 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
     T, H, W = len(vids), info.height, info.width
     frame_index = np.asarray(vids, dtype=np.int64) - offset
     background, yuv_background, bg_frames = estimate_backgrounds(video, vids, cfg.background_samples)
+    # RGB frames are compared with the RGB median: the background image unless it was converted
+    # from the plane medians (then decoded again if a frame needs it: a stream changing format)
+    rgb_background = background if yuv_background is None else None
     ext = _iter_external(external, frame_index, (H, W), offset, info.num_frames) if external else None
     fps = info.fps if info.fps is not None else Fraction(0)
     rows = []
@@ -649,32 +823,37 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
                 "start_frame": start_frame, "num_frames_source": info.num_frames, "external": str(external or ""),
                 "config_json": json.dumps(asdict(cfg), sort_keys=True),
             })
-            mask = np.empty((H, W), np.uint8)
-            buffers: dict[str, np.ndarray] = {}
-            decoded = prefetched(iter_frames(video, start=vids.start, stop=vids.stop, stride=stride, planar=True))
-            for t, (v, frame) in enumerate(tqdm(decoded, total=T, desc=f"masks {cam}", unit="frame")):
-                if v != vids[t]:  # cannot happen unless the decoder skips frames silently
-                    raise InputError(f"{video}: expected frame {vids[t]}, decoder gave {v}. Fix: re-encode the video.")
-                if ext is not None:
-                    mask = next(ext, None)
-                    if mask is None:
-                        raise InputError(f"{external}: ran out of masks at frame {frame_index[t]}. "
-                                         "Fix: export one mask per frame.")
-                    box = _nonzero_box(mask)
-                elif (yuv_background is not None and isinstance(frame, YUV420Frame)
-                      and frame.tags == yuv_background.tags):
-                    _, box = _compute_mask_box(frame, yuv_background, cfg, out=mask, buffers=buffers)
-                else:  # image folders, other pixel formats (and a stream that changes its format)
-                    frame = frame if isinstance(frame, np.ndarray) else frame.rgb()
-                    _, box = _compute_mask_box(frame, background, cfg, out=mask, buffers=buffers)
-                row = mask_qc(mask, int(frame_index[t]), cfg, box)
-                rows.append(row)
-                bbox = None if not row["area"] else tuple(int(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
-                store.add(t, frame, mask, bbox)
-            if len(rows) != T:
-                raise InputError(f"{video}: only {len(rows)} of {T} selected frames could be decoded. "
-                                 "Fix: re-encode the video.")
-            store.close()
+            try:
+                mask = np.empty((H, W), np.uint8)
+                buffers: dict[str, np.ndarray] = {}
+                decoded = prefetched(iter_frames(video, start=vids.start, stop=vids.stop, stride=stride, planar=True))
+                for t, (v, frame) in enumerate(tqdm(decoded, total=T, desc=f"masks {cam}", unit="frame")):
+                    if v != vids[t]:  # cannot happen unless the decoder skips frames silently
+                        raise InputError(f"{video}: expected frame {vids[t]}, decoder gave {v}. Fix: re-encode the video.")
+                    if ext is not None:
+                        mask = next(ext, None)
+                        if mask is None:
+                            raise InputError(f"{external}: ran out of masks at frame {frame_index[t]}. "
+                                             "Fix: export one mask per frame.")
+                        box = _nonzero_box(mask)
+                    elif (yuv_background is not None and isinstance(frame, YUV420Frame)
+                          and frame.tags == yuv_background.tags):
+                        _, box = _compute_mask_box(frame, yuv_background, cfg, out=mask, buffers=buffers)
+                    else:  # image folders, other pixel formats (and a stream that changes its format)
+                        frame = frame if isinstance(frame, np.ndarray) else frame.rgb()
+                        if rgb_background is None:  # the median of the RGB frames (estimate_backgrounds)
+                            rgb_background = estimate_backgrounds(video, vids, cfg.background_samples, rgb_median=True)[0]
+                        _, box = _compute_mask_box(frame, rgb_background, cfg, out=mask, buffers=buffers)
+                    row = mask_qc(mask, int(frame_index[t]), cfg, box)
+                    rows.append(row)
+                    bbox = None if not row["area"] else tuple(int(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
+                    store.add(t, frame, mask, bbox)
+                if len(rows) != T:
+                    raise InputError(f"{video}: only {len(rows)} of {T} selected frames could be decoded. "
+                                     "Fix: re-encode the video.")
+                store.close()
+            finally:
+                store.abort()  # after an error: stop the writer thread (nothing to do after close)
     qc = pd.DataFrame(rows, columns=QC_COLUMNS)
     with atomic_path(out_qc_csv) as tmp:
         qc.to_csv(tmp, index=False)

@@ -188,12 +188,20 @@ class _ToRGB:
         self._by_size: dict[tuple[int, int], VideoReformatter] = {}  # region size -> its own context (no re-setup)
         self._exact: dict[tuple, bool] = {}
         self._last: tuple[Any, np.ndarray | None] = (None, None)  # whole-frame conversion for fallbacks
+        # one conversion at a time: frames of a stream may be converted in several threads
+        # (run_masks: regions in its writer thread); reentrant, as region falls back on __call__
+        self._lock = threading.RLock()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        with self._lock:
+            return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """RGB uint8 [y1 - y0, x1 - x0, 3] of a rectangle (x1/y1 exclusive) of the frame."""
+        with self._lock:
+            return self._region(frame, x0, y0, x1, y1)
+
+    def _region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         W, H = frame.width, frame.height
         if not (0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H):
             raise ValueError(f"region ({x0}, {y0}, {x1}, {y1}) is not inside the {W}x{H} frame")
@@ -285,6 +293,17 @@ class YUV420Frame:
 
     def rgb(self) -> np.ndarray:
         return self._to_rgb(self.frame)
+
+    def with_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> "YUV420Frame":
+        """A frame like this one (pixel format, size, colour tags; converted to RGB the same
+        way) holding a copy of other planes of the same shapes (e.g. a per-plane median)."""
+        f = self.frame
+        new = av.VideoFrame(f.width, f.height, f.format.name)
+        new.colorspace, new.color_range = f.colorspace, f.color_range
+        new.color_trc, new.color_primaries = f.color_trc, f.color_primaries
+        for plane, src in zip(new.planes, (y, u, v)):
+            _plane_view(plane)[...] = src
+        return YUV420Frame(new, self._to_rgb)
 
     def rgb_region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         return self._to_rgb.region(self.frame, x0, y0, x1, y1)
@@ -412,6 +431,11 @@ def keyframes_before(path: str | Path, targets: Sequence[int],
     distinct and sorted: one seek and one decoded frame each (a keyframe needs no other frame),
     so frames spread over a long recording cost almost nothing. planar: as in iter_frames.
 
+    The keyframes' packets are collected first and decoded together by one frame-threaded
+    decoder (they do not depend on each other, so its threads decode several at once); unless
+    that gives exactly one frame per packet, with its timestamp, each packet is decoded alone
+    (and the decoder drained) instead. Same frames either way.
+
     For an image folder every frame is a "keyframe": the targets themselves. Returns [] when
     the stream cannot seek or its timestamps cannot place frames (then decode sequentially).
     """
@@ -424,11 +448,59 @@ def keyframes_before(path: str | Path, targets: Sequence[int],
     got: dict[int, np.ndarray | YUV420Frame] = {}
     with _open_input(p) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # frame threading would decode several frames before the first one
+        stream.thread_type = "FRAME"
         to_rgb = _converter(planar, str(p))
         tb, t0 = stream.time_base, stream.start_time or 0
         if tb is None or info.fps is None:
             return []
+        try:
+            packets = []  # (target, its keyframe's packet)
+            for t in targets:
+                container.seek(t0 + int((Fraction(t) / info.fps) / tb), stream=stream, backward=True, any_frame=False)
+                packet = next((p for p in container.demux(stream) if p.size > 0), None)
+                if packet is None or not packet.is_keyframe:
+                    return []
+                packets.append((t, packet))
+            frames = _decode_together([pk for _, pk in packets], stream.codec_context)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{p}: decoding failed while sampling keyframes ({exc}). The video is corrupt or "
+                             "truncated. Fix: re-copy or re-encode the video.") from exc
+        if frames is not None:
+            for t, packet in packets:
+                frame = frames[packet.pts]
+                idx = int(round((frame.pts - t0) * tb * info.fps))
+                if idx > t or idx < 0:
+                    return []  # the seek landed after the target: timestamps are not usable
+                if idx not in got:
+                    got[idx] = to_rgb(frame)
+            return sorted(got.items())
+    return _keyframes_one_by_one(p, info, targets, planar)
+
+
+def _decode_together(packets: list, ctx: Any) -> dict[int, av.VideoFrame] | None:
+    """{pts: frame} of independent keyframe packets decoded in one go (distinct timestamps,
+    increasing), or None unless each gave exactly one frame with its own timestamp."""
+    if any(pk.pts is None for pk in packets):
+        return None
+    unique = {pk.pts: pk for pk in packets}
+    decoded = []
+    for pts in sorted(unique):
+        decoded += ctx.decode(unique[pts])
+    decoded += ctx.decode(None)
+    frames = {f.pts: f for f in decoded}
+    return frames if len(decoded) == len(unique) and frames.keys() == unique.keys() else None
+
+
+def _keyframes_one_by_one(p: Path, info: VideoInfo, targets: list[int],
+                          planar: bool) -> list[tuple[int, np.ndarray | YUV420Frame]]:
+    """keyframes_before, each keyframe's packet decoded alone (then the decoder drained)."""
+    got: dict[int, np.ndarray | YUV420Frame] = {}
+    with _open_input(p) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # frame threading would decode several frames before the first one
+        to_rgb = _converter(planar, str(p))
+        tb, t0 = stream.time_base, stream.start_time or 0
+        assert tb is not None and info.fps is not None
         ctx = stream.codec_context
         try:
             for t in targets:
