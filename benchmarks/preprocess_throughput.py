@@ -15,7 +15,7 @@ process on one video:
                frame pixels around the mouse -> HDF5 + QC CSV; the only decoding pass
   crop_shards  real_shards.run_crop_shards (S x S crops -> shard), one camera's share: the job
                crops --views cameras (default 6) that read copies of this camera's masks file,
-               with --crop-workers threads (the rule's 2)
+               with --crop-workers forked worker processes (the rule's threads: 2)
 
 end-to-end = frames / (masks + crop) and its ratio to decode (target >= 0.7). Decode is timed
 with the pipeline's decoder settings (PyAV, thread_type AUTO, one swscale context per stream:
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30, help="keyframe interval of the generated video")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--views", type=int, default=6, help="cameras per crop_shards job (time divided among them)")
-    ap.add_argument("--crop-workers", type=int, default=2, help="crop_shards threads (the rule's threads: 2)")
+    ap.add_argument("--crop-workers", type=int, default=2, help="crop_shards worker processes (the rule's threads: 2)")
     args = ap.parse_args()
     mask_cfg = MaskConfig(**config_section("masks"))
     crop = config_section("crop")

@@ -117,15 +117,78 @@ def test_chunks_cover_valid_frames_with_exact_cameras(session):
     assert got == [i for i, v in zip(s["frame_index"], s["valid"]) if v]
 
 
+def _chunks(path):
+    """Every dataset's stored chunks (raw bytes and filter masks) or values, and the file's attributes."""
+    out = {}
+    with h5py.File(path) as f:
+        def visit(name, ds):
+            if not isinstance(ds, h5py.Dataset):
+                return
+            if ds.chunks is not None and ds.compression and ds.shape[0]:
+                out[name] = [ds.id.read_direct_chunk(ds.id.get_chunk_info(i).chunk_offset) for i in range(ds.id.get_num_chunks())]
+            else:
+                out[name] = ds[()].tolist()
+        f.visititems(visit)
+        out["attrs"] = {k: str(f.attrs[k]) for k in f.attrs}
+    return out
+
+
 def test_same_inputs_same_shard(session):
-    """Deterministic, and the same with views cropped in parallel threads."""
+    """Deterministic, and the same shard (chunk for chunk) with frames cropped in forked worker processes."""
     s = session
-    a, b = s["tmp"] / "a.h5", s["tmp"] / "b.h5"
+    a = s["tmp"] / "a.h5"
     _run(s, a, 0, 1)
-    _run(s, b, 0, 1, workers=3)
-    with h5py.File(a) as fa, h5py.File(b) as fb:
-        for k in ("images", "masks", "K", "c2w", "qc/focal"):
-            np.testing.assert_array_equal(fa[k][:], fb[k][:])
+    want = _chunks(a)
+    assert want["images"] and want["masks"]
+    for workers in (1, 2, 3, 8):
+        b = s["tmp"] / f"b{workers}.h5"
+        _run(s, b, 0, 1, workers=workers)
+        assert _chunks(b) == want, workers
+        assert b.read_bytes() == a.read_bytes(), workers
+
+
+def test_worker_pipe_round_trip():
+    """A frame's images/masks as the workers send them: the LZF chunk alone (a stand-in array of
+    the right shape), or the array where LZF did not shorten it (stored raw) or is not usable."""
+    from workflow_scripts.h5chunks import StoredChunk, lzf_join, lzf_stream
+    from workflow_scripts.real_shards import _for_pipe, _from_pipe
+
+    rng = np.random.default_rng(1)
+    for arr in (np.full((2, 8, 8, 3), 7, np.uint8), rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)):
+        sc = StoredChunk(arr, *lzf_join([lzf_stream(arr)], arr))
+        got = _from_pipe(_for_pipe(sc))
+        assert got.filter_mask == sc.filter_mask and bytes(got.data) == bytes(sc.data)
+        assert got.array.shape == arr.shape and got.array.dtype == np.uint8
+        if sc.filter_mask:
+            np.testing.assert_array_equal(got.array, arr)
+    np.testing.assert_array_equal(_from_pipe(_for_pipe(arr)), arr)
+
+
+@pytest.mark.parametrize("how", ["raise", "die"])
+def test_worker_error_surfaces_and_leaves_no_shard(session, monkeypatch, how):
+    """An error in a crop worker process is raised in the caller (a dead worker as a RuntimeError);
+    no shard is left behind."""
+    import os
+
+    import workflow_scripts.real_shards as rs
+
+    real = rs.crop_view
+
+    def failing(image, mask, prep, c, N, **kw):
+        if os.getpid() != parent and c[0] > 15:  # the last two frames, in a worker only
+            if how == "die":
+                os._exit(3)
+            raise ValueError("boom in worker")
+        return real(image, mask, prep, c, N, **kw)
+
+    parent = os.getpid()
+    monkeypatch.setattr(rs, "crop_view", failing)
+    s = session
+    out = s["tmp"] / "failed.h5"
+    with pytest.raises(ValueError if how == "raise" else RuntimeError, match="boom in worker" if how == "raise" else "died"):
+        _run(s, out, 0, 1, workers=2)
+    assert not out.exists()
+    assert not list(s["tmp"].glob("*failed*"))  # nor its temporary file
 
 
 def test_shard_holds_crop_view_results(session):

@@ -17,14 +17,14 @@ extras ``qc/size_ratio``, ``qc/center_offset_px``, ``qc/focal`` [N, V] (float32)
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from workflow_scripts.h5chunks import (StoredChunk, lzf_constant, lzf_decompress
 from workflow_scripts.locate import Normalization
 from workflow_scripts.locate import norm_from_raw as _locate_norm_from_raw
 from workflow_scripts.shards import _COMMON, ShardWriter, open_shard, read_sample
+from workflow_scripts.workers import forked_worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -217,15 +218,174 @@ def _view_streams(r: CropResult, background: int) -> tuple[list, list]:
             [lzf_constant(0, y0 * S), lzf_stream(r.mask[y0:y1]), lzf_constant(0, (S - y1) * S)])
 
 
+class _Cropper:
+    """Reads, crops and LZF-compresses the V views of a frame (:meth:`frame`); made in the
+    parent, used there (``workers`` = 1) or in forked worker processes, each of which opens the
+    masks files itself (:meth:`open`; HDF5 handles must not cross a fork)."""
+
+    def __init__(self, masks_h5: dict[str, str], cameras: list[Camera], boxes: dict[str, np.ndarray], cp: CropParams,
+                 row_of: dict[int, int], centre_of: dict[int, np.ndarray], normalization: Normalization) -> None:
+        self.masks_h5, self.cameras, self.boxes, self.cp = masks_h5, cameras, boxes, cp
+        self.names = [c.name for c in cameras]
+        self.row_of, self.centre_of, self.normalization = row_of, centre_of, normalization
+        self.preps = [prepare_camera(c) for c in cameras]
+        self.compress = lzf_threads_available()
+        self.bg_value = 0 if cp.background == "black" else 255
+        self.readers: list[PartReader] = []
+
+    def open(self, stack: contextlib.ExitStack, mf: dict[str, h5py.File] | None = None) -> None:
+        if mf is None:
+            mf = open_per_camera(self.masks_h5, self.cameras, "masks", "masks")
+            for f in mf.values():
+                stack.callback(f.close)
+        self.readers = [PartReader(mf[n]) for n in self.names]
+
+    def frame(self, fidx: int) -> tuple:
+        """(N, images, masks, K, c2w, valid, qc [3, V], touches, invalid views) of frame ``fidx``;
+        images/masks as StoredChunk (their LZF chunk) where LZF is usable here, else arrays."""
+        cp, V, S = self.cp, len(self.names), self.cp.image_size
+        row = self.row_of[int(fidx)]
+        c = self.centre_of[int(fidx)]
+        N = norm_from_raw(self.normalization, c)
+        imgs = np.empty((V, S, S, 3), np.uint8)
+        msks = np.empty((V, S, S), np.uint8)
+        K = np.empty((V, 3, 3))
+        c2w = np.empty((V, 4, 4))
+        ok = np.zeros(V, bool)
+        qc = np.empty((3, V), np.float32)
+        touch = np.zeros(V, bool)
+        invalid: list = []  # (camera, reason) of the invalid views
+        img_streams, mask_streams = [], []
+        for v, n in enumerate(self.names):
+            x0, y0, x1, y1 = (int(b) for b in self.boxes[n][row])
+            stored = x1 > x0 and y1 > y0
+            x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
+            image, mask = self.readers[v].read(row, (x0, y0, x1, y1), stored)
+            # the crop lands in the sample's arrays
+            r = crop_view(image, mask, self.preps[v], c, N, params=cp, origin=(x0, y0), out=(imgs[v], msks[v]))
+            K[v], c2w[v], ok[v] = r.K, r.c2w, r.valid  # r.image, r.mask are imgs[v], msks[v]
+            qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
+            touch[v] = r.touches_crop_border
+            if not r.valid:
+                invalid.append((n, r.reason))
+            if self.compress:
+                streams = _view_streams(r, self.bg_value)
+                img_streams += streams[0]
+                mask_streams += streams[1]
+        if self.compress:  # chunks joined from the views' LZF pieces (stored as the writer would)
+            imgs = StoredChunk(imgs, *lzf_join(img_streams, imgs))
+            msks = StoredChunk(msks, *lzf_join(mask_streams, msks))
+        return N, imgs, msks, K, c2w, ok, qc, touch, invalid
+
+
+def _for_pipe(chunk: StoredChunk | np.ndarray) -> tuple:
+    """What a worker sends of a frame's images/masks: only the LZF chunk where it is compressed
+    (ShardWriter.add stores a StoredChunk's data as is and needs only its array's shape and
+    dtype), else the array (stored raw, or compressed by the writer when LZF is not usable)."""
+    if isinstance(chunk, StoredChunk):
+        if chunk.filter_mask == 0:
+            return ("lzf", chunk.array.shape, bytes(chunk.data))
+        return ("raw", chunk.array)
+    return ("array", chunk)
+
+
+def _from_pipe(msg: tuple) -> StoredChunk | np.ndarray:
+    if msg[0] == "lzf":  # a stand-in array of the right shape and dtype, never read (the chunk is stored as is)
+        return StoredChunk(np.broadcast_to(np.zeros((), np.uint8), msg[1]), 0, msg[2])
+    if msg[0] == "raw":  # as lzf_join gives it for a chunk LZF does not shorten
+        return StoredChunk(msg[1], 1, np.ascontiguousarray(msg[1]).reshape(-1).view(np.uint8))
+    return msg[1]
+
+
+class _CropWorkers:
+    """``n`` forked processes that crop frames: frame i goes to worker i % n, which answers in
+    the order it was asked. Plain pipes, not multiprocessing.Pool (see synthetic._PrepWorkers:
+    the Pool's handler thread spins and takes the GIL from the caller)."""
+
+    def __init__(self, n: int, cropper: _Cropper) -> None:
+        ctx = multiprocessing.get_context("fork")  # not spawn: it would re-run the Snakemake script that started us
+        self._conns, self._procs = [], []
+        try:
+            for _ in range(n):
+                ours, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_crop_worker_main, args=(theirs, cropper), daemon=True, name="crop")
+                proc.start()
+                theirs.close()
+                self._conns.append(ours)
+                self._procs.append(proc)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def submit(self, i: int, fidx: int) -> None:
+        self._conns[i % len(self._conns)].send((i, int(fidx)))
+
+    def result(self, i: int, fidx: int) -> tuple:
+        try:
+            msg = self._conns[i % len(self._conns)].recv()
+        except EOFError:
+            raise RuntimeError(f"crop_shards frame {fidx}: its worker process died (killed for memory?)") from None
+        if isinstance(msg, BaseException):
+            raise msg
+        return msg
+
+    def close(self, abort: bool = False) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(None)  # stop after the current frame
+            except OSError:
+                pass
+        for proc in self._procs:
+            if abort:
+                proc.terminate()
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+
+def _crop_worker_main(conn, cropper: _Cropper) -> None:
+    """Worker process: answer each (i, frame index) with the frame's crop (or the exception it raised)."""
+    forked_worker_setup()
+    with contextlib.ExitStack() as stack:
+        opened: BaseException | None = None
+        try:
+            cropper.open(stack)  # its own handles: never the parent's
+        except BaseException as e:  # noqa: BLE001 - handed to the parent at the first frame
+            opened = e
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if job is None:
+                return
+            i, fidx = job
+            try:
+                if opened is not None:
+                    raise opened
+                N, imgs, msks, *rest = cropper.frame(fidx)
+                msg = (N, _for_pipe(imgs), _for_pipe(msks), *rest)
+            except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+                msg = e
+            try:
+                conn.send(msg)
+            except Exception:  # an exception that does not pickle
+                conn.send(RuntimeError(f"crop_shards frame {fidx}: {traceback.format_exc()}"))
+
+
 # --- the step -----------------------------------------------------------------------------
 def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
                     normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
                     session: str | None = None, workers: int = 1) -> int:
     """Crop all V cameras for every valid frame of this chunk into one shard; returns N.
 
-    ``workers``: threads that read, crop and LZF-compress the views of a frame in parallel
-    (OpenCV, ctypes' liblzf and :class:`PartReader`'s decoding release the GIL), one frame
-    ahead of the calling thread, which writes.
+    ``workers``: with more than one, forked processes read, crop and LZF-compress whole frames
+    (frame i in worker i % workers, two frames ahead each) while the calling process writes;
+    each opens the masks files itself. Threads helped little: ~40 % of the crop's CPU time is
+    Python/NumPy holding the GIL. The shard is the same either way.
 
     ``params``: the config's crop settings (``image_size``, ``size_ratio``, ``background``, ...;
     see :class:`workflow_scripts.crop.CropParams`); all of them, the resolved crop settings and
@@ -261,7 +421,6 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                                  f"({len(fi)} vs {len(ref)} frames). Fix: rerun masks with the same "
                                  "start_frame/max_frames/stride for every camera.")
             boxes[n] = f["stored_box"][:]
-        readers = [PartReader(mf[n]) for n in names]
         row_of = {int(v): i for i, v in enumerate(ref)}
         valid = centers[centers["valid"]]
         mine = chunk_frames(valid["frame_index"].to_numpy(), chunk, num_chunks)
@@ -271,72 +430,40 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                              f"({mf[names[0]].filename}). Fix: rerun locate on the current masks.")
         xyz = valid.set_index("frame_index")[["x", "y", "z"]]
         centre_of = dict(zip(xyz.index.to_numpy(np.int64).tolist(), xyz.to_numpy(np.float64)))
-        preps = [prepare_camera(c) for c in cameras]
-        compress = lzf_threads_available()
-        bg_value = 0 if cp.background == "black" else 255
-
-        def crop(v: int, row: int, c: np.ndarray, N: np.ndarray, imgs: np.ndarray, msks: np.ndarray
-                 ) -> tuple[CropResult, tuple | None]:
-            x0, y0, x1, y1 = (int(b) for b in boxes[names[v]][row])
-            stored = x1 > x0 and y1 > y0
-            x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)  # an empty mask: one pixel, invalid below
-            image, mask = readers[v].read(row, (x0, y0, x1, y1), stored)
-            # the crop lands in the sample's arrays (no copy in the writing thread)
-            r = crop_view(image, mask, preps[v], c, N, params=cp, origin=(x0, y0), out=(imgs[v], msks[v]))
-            return r, (_view_streams(r, bg_value) if compress else None)
-
-        def submit(fidx: int) -> tuple:
-            row = row_of[int(fidx)]
-            c = centre_of[int(fidx)]
-            N = norm_from_raw(normalization, c)
-            imgs = np.empty((V, S, S, 3), np.uint8)
-            msks = np.empty((V, S, S), np.uint8)
-            jobs = [pool.submit(crop, v, row, c, N, imgs, msks) if pool else None for v in range(V)]
-            return fidx, N, row, c, imgs, msks, jobs
-
-        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="crop")) if workers > 1 else None
+        cropper = _Cropper(masks_h5, cameras, boxes, cp, row_of, centre_of, normalization)
+        pool = None
+        if workers > 1 and len(mine) > 1:
+            pool = _CropWorkers(min(int(workers), len(mine)), cropper)
+            failed = [True]  # stop the workers (before the files close: LIFO), killing them after an error
+            stack.callback(lambda: pool.close(abort=failed[0]))
+        else:
+            cropper.open(stack, mf)
         with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
             if len(mine) == 0:
                 log.warning("%s: chunk %d/%d of session %s has no valid frames; writing an empty shard",
                             out_h5, chunk, num_chunks, session)
                 _create_empty_datasets(w)
             n_invalid = 0
-            pending: collections.deque = collections.deque()
-            todo = iter(tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame"))
-            while True:
-                # keep the next frame's views in the pool while this thread writes one
-                while len(pending) < (2 if pool else 1):
-                    fidx = next(todo, None)
-                    if fidx is None:
-                        break
-                    pending.append(submit(fidx))
-                if not pending:
-                    break
-                fidx, N, row, c, imgs, msks, jobs = pending.popleft()
-                K = np.empty((V, 3, 3))
-                c2w = np.empty((V, 4, 4))
-                ok = np.zeros(V, bool)
-                qc = np.empty((3, V), np.float32)
-                touch = np.zeros(V, bool)
-                img_streams, mask_streams = [], []
-                for v, n in enumerate(names):
-                    r, streams = jobs[v].result() if pool else crop(v, row, c, N, imgs, msks)
-                    K[v], c2w[v], ok[v] = r.K, r.c2w, r.valid  # r.image, r.mask are imgs[v], msks[v]
-                    qc[:, v] = (r.size_ratio, r.center_offset_px, r.f)
-                    touch[v] = r.touches_crop_border
-                    if streams is not None:
-                        img_streams += streams[0]
-                        mask_streams += streams[1]
-                    if not r.valid:
-                        log.info("frame %d camera %s invalid: %s", fidx, n, r.reason)
+            ahead = 2 * len(pool._conns) if pool else 0
+            for i in range(min(ahead, len(mine))):
+                pool.submit(i, mine[i])
+            for i, fidx in enumerate(tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame")):
+                if pool:
+                    if i + ahead < len(mine):  # keep two frames per worker in flight while this process writes
+                        pool.submit(i + ahead, mine[i + ahead])
+                    N, imgs, msks, K, c2w, ok, qc, touch, invalid = pool.result(i, fidx)
+                    imgs, msks = _from_pipe(imgs), _from_pipe(msks)
+                else:
+                    N, imgs, msks, K, c2w, ok, qc, touch, invalid = cropper.frame(fidx)
+                for n, reason in invalid:
+                    log.info("frame %d camera %s invalid: %s", fidx, n, reason)
                 n_invalid += int((~ok).sum())
-                if compress:  # chunks joined from the views' LZF pieces (stored as the writer would)
-                    imgs = StoredChunk(imgs, *lzf_join(img_streams, imgs))
-                    msks = StoredChunk(msks, *lzf_join(mask_streams, msks))
                 w.add(images=imgs, masks=msks, K=K, c2w=c2w, frame_index=int(fidx), session=session,
                       norm_from_raw=N, view_valid=ok,
                       extras={"qc/size_ratio": qc[0], "qc/center_offset_px": qc[1], "qc/focal": qc[2],
                               "qc/touches_crop_border": touch})
+        if pool:
+            failed[0] = False
         if len(mine):
             log.info("%s: %d frames x %d views, %d views invalid", out_h5, len(mine), V, n_invalid)
     return len(mine)
