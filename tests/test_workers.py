@@ -22,3 +22,33 @@ def test_blas_threads_sets_and_restores_every_openblas():
     finally:
         for (set_threads, _), k in zip(controls, before):
             set_threads(k)
+
+
+def test_forked_workers_answer_in_order_and_raise_in_the_caller():
+    import os
+
+    from workflow_scripts.workers import ForkedWorkers
+
+    pool = ForkedWorkers(2, lambda job: (job * job, os.getpid()), "square")
+    try:
+        for i in range(5):
+            pool.submit(i, i)
+        answers = [pool.result(i) for i in range(5)]
+        assert [a for a, _ in answers] == [0, 1, 4, 9, 16]
+        assert len({pid for _, pid in answers}) == 2 and os.getpid() not in {pid for _, pid in answers}
+        pool.submit(5, "x")  # str * str: TypeError in the worker, raised here
+        with pytest.raises(TypeError):
+            pool.result(5)
+    finally:
+        pool.close()
+
+    def start(stack):
+        raise OSError("cannot open the masks file")
+
+    pool = ForkedWorkers(1, lambda job: job, "frame", start=start)
+    try:
+        pool.submit(0, 7)
+        with pytest.raises(OSError, match="masks file"):
+            pool.result(0)
+    finally:
+        pool.close()

@@ -20,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ from workflow_scripts.h5chunks import (StoredChunk, lzf_constant, lzf_decompress
 from workflow_scripts.locate import Normalization
 from workflow_scripts.locate import norm_from_raw as _locate_norm_from_raw
 from workflow_scripts.shards import _COMMON, ShardWriter, open_shard, read_sample
-from workflow_scripts.workers import forked_worker_setup
+from workflow_scripts.workers import ForkedWorkers
 
 log = logging.getLogger(__name__)
 
@@ -297,85 +295,6 @@ def _from_pipe(msg: tuple) -> StoredChunk | np.ndarray:
     return msg[1]
 
 
-class _CropWorkers:
-    """``n`` forked processes that crop frames: frame i goes to worker i % n, which answers in
-    the order it was asked. Plain pipes, not multiprocessing.Pool (see synthetic._PrepWorkers:
-    the Pool's handler thread spins and takes the GIL from the caller)."""
-
-    def __init__(self, n: int, cropper: _Cropper) -> None:
-        ctx = multiprocessing.get_context("fork")  # not spawn: it would re-run the Snakemake script that started us
-        self._conns, self._procs = [], []
-        try:
-            for _ in range(n):
-                ours, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_crop_worker_main, args=(theirs, cropper), daemon=True, name="crop")
-                proc.start()
-                theirs.close()
-                self._conns.append(ours)
-                self._procs.append(proc)
-        except BaseException:
-            self.close(abort=True)
-            raise
-
-    def submit(self, i: int, fidx: int) -> None:
-        self._conns[i % len(self._conns)].send((i, int(fidx)))
-
-    def result(self, i: int, fidx: int) -> tuple:
-        try:
-            msg = self._conns[i % len(self._conns)].recv()
-        except EOFError:
-            raise RuntimeError(f"crop_shards frame {fidx}: its worker process died (killed for memory?)") from None
-        if isinstance(msg, BaseException):
-            raise msg
-        return msg
-
-    def close(self, abort: bool = False) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)  # stop after the current frame
-            except OSError:
-                pass
-        for proc in self._procs:
-            if abort:
-                proc.terminate()
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-
-
-def _crop_worker_main(conn, cropper: _Cropper) -> None:
-    """Worker process: answer each (i, frame index) with the frame's crop (or the exception it raised)."""
-    forked_worker_setup()
-    with contextlib.ExitStack() as stack:
-        opened: BaseException | None = None
-        try:
-            cropper.open(stack)  # its own handles: never the parent's
-        except BaseException as e:  # noqa: BLE001 - handed to the parent at the first frame
-            opened = e
-        while True:
-            try:
-                job = conn.recv()
-            except EOFError:  # the parent is gone
-                return
-            if job is None:
-                return
-            i, fidx = job
-            try:
-                if opened is not None:
-                    raise opened
-                N, imgs, msks, *rest = cropper.frame(fidx)
-                msg = (N, _for_pipe(imgs), _for_pipe(msks), *rest)
-            except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
-                msg = e
-            try:
-                conn.send(msg)
-            except Exception:  # an exception that does not pickle
-                conn.send(RuntimeError(f"crop_shards frame {fidx}: {traceback.format_exc()}"))
-
-
 # --- the step -----------------------------------------------------------------------------
 def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: str,
                     normalization_json: str, out_h5: str, chunk: int, num_chunks: int, params: dict[str, Any],
@@ -433,7 +352,12 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
         cropper = _Cropper(masks_h5, cameras, boxes, cp, row_of, centre_of, normalization)
         pool = None
         if workers > 1 and len(mine) > 1:
-            pool = _CropWorkers(min(int(workers), len(mine)), cropper)
+            def crop_frame(fidx: int) -> tuple:
+                N, imgs, msks, *rest = cropper.frame(fidx)
+                return (N, _for_pipe(imgs), _for_pipe(msks), *rest)
+
+            # each worker opens the masks files itself: never the parent's handles
+            pool = ForkedWorkers(min(int(workers), len(mine)), crop_frame, "crop_shards frame", start=cropper.open)
             failed = [True]  # stop the workers (before the files close: LIFO), killing them after an error
             stack.callback(lambda: pool.close(abort=failed[0]))
         else:
@@ -444,13 +368,13 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                             out_h5, chunk, num_chunks, session)
                 _create_empty_datasets(w)
             n_invalid = 0
-            ahead = 2 * len(pool._conns) if pool else 0
+            ahead = 2 * len(pool) if pool else 0
             for i in range(min(ahead, len(mine))):
-                pool.submit(i, mine[i])
+                pool.submit(i, int(mine[i]))
             for i, fidx in enumerate(tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame")):
                 if pool:
                     if i + ahead < len(mine):  # keep two frames per worker in flight while this process writes
-                        pool.submit(i + ahead, mine[i + ahead])
+                        pool.submit(i + ahead, int(mine[i + ahead]))
                     N, imgs, msks, K, c2w, ok, qc, touch, invalid = pool.result(i, fidx)
                     imgs, msks = _from_pipe(imgs), _from_pipe(msks)
                 else:

@@ -48,7 +48,6 @@ import queue
 import resource
 import threading
 import time
-import traceback
 import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -65,7 +64,7 @@ from workflow_scripts.poses import PoseSampler, PoseSamplerConfig
 from workflow_scripts.render import Light, MeshRenderer, RenderBatch, vertex_normals
 from workflow_scripts.render import skinny_matmul as _skinny_matmul
 from workflow_scripts.shards import ShardWriter
-from workflow_scripts.workers import forked_worker_setup
+from workflow_scripts.workers import ForkedWorkers
 
 log = logging.getLogger(__name__)
 
@@ -640,73 +639,6 @@ def make_sample(model: BodyModel, sampler: PoseSampler, cfg: SyntheticConfig, rn
 # --------------------------------------------------------------------------------------------
 # Per-sample keys that ShardWriter.add takes as named arguments; the rest go to ``extras``.
 _NAMED = ("images", "masks", "K", "c2w", "depth")
-class _PrepWorkers:
-    """``n`` forked processes that prepare samples: sample i goes to worker i % n, which answers
-    in the order it was asked. Plain pipes read by the caller, not multiprocessing.Pool: the
-    Pool's worker-handler thread spins (~10,000 wake-ups/s) while results wait to be read and
-    took the GIL from the rendering thread (H200, 2026-11-27: render 83 -> 108 ms per sample)."""
-
-    def __init__(self, n: int, state: tuple):
-        ctx = multiprocessing.get_context("fork")  # not spawn: it would re-run the Snakemake script that started us
-        self._conns, self._procs = [], []
-        for _ in range(n):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_prep_worker_main, args=(theirs, state), daemon=True, name="synthetic-prep")
-            proc.start()
-            theirs.close()
-            self._conns.append(ours)
-            self._procs.append(proc)
-
-    def submit(self, i: int) -> None:
-        self._conns[i % len(self._conns)].send(i)
-
-    def result(self, i: int) -> SampleSpec:
-        try:
-            msg = self._conns[i % len(self._conns)].recv()
-        except EOFError:
-            raise RuntimeError(f"synthetic sample {i}: its worker process died (killed for memory?)") from None
-        if isinstance(msg, BaseException):
-            raise msg
-        return msg
-
-    def close(self, abort: bool = False) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)  # stop after the current sample
-            except OSError:
-                pass
-        for proc in self._procs:
-            if abort:
-                proc.terminate()
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-
-
-def _prep_worker_main(conn, state: tuple) -> None:
-    """Worker process: answer each sample index with its SampleSpec (or the exception it raised)."""
-    model, sampler, cfg, seed, shard_index = state
-    forked_worker_setup()
-    while True:
-        try:
-            i = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if i is None:
-            return
-        try:
-            msg = prepare_sample(model, sampler, cfg, sample_rng(seed, shard_index, i))
-        except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
-            msg = e
-        try:
-            conn.send(msg)
-        except Exception:  # an exception that does not pickle
-            conn.send(RuntimeError(f"synthetic sample {i}: {traceback.format_exc()}"))
-
-
 @dataclass
 class JobStats:
     """Timings of one ``ShardJob.write``: seconds per sample and stage (PREPARE_STAGES measured
@@ -803,7 +735,9 @@ class ShardJob:
         face_edges(self.model.faces)  # build the cached tables once, before forking, so workers share them
         _appearance_tables(self.model)
         if self.workers:
-            self._pool = _PrepWorkers(self.workers, (self.model, self.sampler, self.cfg, self.seed, self.shard_index))
+            model, sampler, cfg, seed, shard = self.model, self.sampler, self.cfg, self.seed, self.shard_index
+            self._pool = ForkedWorkers(self.workers, lambda i: prepare_sample(model, sampler, cfg, sample_rng(seed, shard, i)),
+                                       "synthetic sample")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -820,12 +754,12 @@ class ShardJob:
             return
         ahead = min(n, 2 * self.workers)
         for i in range(ahead):
-            self._pool.submit(i)
+            self._pool.submit(i, i)
         submitted, received = ahead, 0
         try:
             for i in range(n):
                 if i + ahead < n:
-                    self._pool.submit(i + ahead)
+                    self._pool.submit(i + ahead, i + ahead)
                     submitted += 1
                 received += 1
                 yield self._pool.result(i)
