@@ -31,16 +31,17 @@ _lzf: Callable | None = None
 _checked = False
 
 
-def _load_lzf() -> Callable | None:
-    """h5py's liblzf ``lzf_compress(in, in_len, out, out_len) -> out bytes or 0``, or None."""
+def _liblzf(name: str, source_type) -> Callable | None:
+    """h5py's liblzf ``name(in, in_len, out, out_len) -> out bytes or 0`` (``lzf_compress`` or
+    ``lzf_decompress``; ``in`` typed as ``source_type``), or None where it is not exported."""
     try:
         from h5py import h5z
 
-        fn = ctypes.CDLL(h5z.__file__).lzf_compress
+        fn = getattr(ctypes.CDLL(h5z.__file__), name)
     except (OSError, AttributeError, ImportError):
         return None
     fn.restype = ctypes.c_uint
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_uint]
+    fn.argtypes = [source_type, ctypes.c_uint, ctypes.c_void_p, ctypes.c_uint]
     return fn
 
 
@@ -129,16 +130,7 @@ def lzf_decompress_into(data: bytes, out: np.ndarray) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _load_lzf_decompress() -> Callable | None:
-    """h5py's liblzf ``lzf_decompress(in, in_len, out, out_len) -> out bytes or 0``, or None."""
-    try:
-        from h5py import h5z
-
-        fn = ctypes.CDLL(h5z.__file__).lzf_decompress
-    except (OSError, AttributeError, ImportError):
-        return None
-    fn.restype = ctypes.c_uint
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_uint]
-    return fn
+    return _liblzf("lzf_decompress", ctypes.c_char_p)
 
 
 def lzf_threads_available() -> bool:
@@ -146,7 +138,7 @@ def lzf_threads_available() -> bool:
     global _lzf, _checked
     if not _checked:
         _checked = True
-        _lzf = _load_lzf()
+        _lzf = _liblzf("lzf_compress", ctypes.c_void_p)
         if _lzf is not None and not _self_check():
             log.warning("h5py's lzf_compress failed the self-check; writing LZF chunks through h5py")
             _lzf = None
