@@ -295,8 +295,8 @@ def test_body_model_pieces_in_worker_processes_match_one_process(mouse, tmp_path
     params = LocateParams(smooth_ms=0, center="body_model")
     one = locate_track(cams, qc, params, masks=source, threads=1, body_model=model)
     pools = []
-    real_pool = locate.ProcessPoolExecutor
-    monkeypatch.setattr(locate, "ProcessPoolExecutor", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
+    real_pool = locate.ForkedWorkers
+    monkeypatch.setattr(locate, "ForkedWorkers", lambda n, *a, **k: pools.append((n,)) or real_pool(n, *a, **k))
     two = locate_track(cams, qc, params, masks=source, threads=2, body_model=model)
     assert pools == [(2,)]  # the pieces did run in two worker processes
     assert (one["center_method"] == "body_model").all()

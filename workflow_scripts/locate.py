@@ -30,10 +30,9 @@ import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -48,7 +47,7 @@ from workflow_scripts.cameras import Camera, cameras_from_json
 from workflow_scripts.errors import InputError, reject_unknown_keys
 from workflow_scripts.triangulate import CameraRig, normalized_coords, triangulate_robust
 from workflow_scripts.visual_hull import ArticulatedMesh, BodyFitter, fit_body_track, hull_center
-from workflow_scripts.workers import blas_threads, forked_worker_setup
+from workflow_scripts.workers import ForkedWorkers, blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -442,11 +441,21 @@ def _fit_body_model(cameras: Sequence[Camera], names: list[str], frames: np.ndar
     fits: dict = {}
     with tqdm(total=int(keep.sum()), desc="locate_mouse: body model", unit="frame", mininterval=2.0) as bar:
         if workers > 1:
-            # fork (workflow_scripts/workers.py); each worker opens the masks files itself (H5Masks)
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=forked_worker_setup) as pool:
-                for piece, piece_fits in zip(pieces, pool.map(job, pieces)):
-                    fits.update(piece_fits)
+            # forked processes (workers.ForkedWorkers); each opens the masks files itself (H5Masks)
+            pool = ForkedWorkers(workers, job, "body-model piece starting at frame row")
+            try:
+                ahead = min(len(pieces), 2 * workers)
+                for i in range(ahead):
+                    pool.submit(i, pieces[i])
+                for i, piece in enumerate(pieces):
+                    if i + ahead < len(pieces):
+                        pool.submit(i + ahead, pieces[i + ahead])
+                    fits.update(pool.result(i, piece[0]))
                     bar.update(len(piece))
+            except BaseException:
+                pool.close(abort=True)
+                raise
+            pool.close()
         else:
             with blas_threads(1):  # many small products: more BLAS threads only spin
                 for piece in pieces:
