@@ -12,7 +12,8 @@ process on one video:
                conversion (printed for transparency: run_masks decodes this way and converts
                only the stored tiles; the ratio's reference stays the RGB decode)
   masks        masks.run_masks: background median (keyframes) + decode + per-frame masks + the
-               frame pixels around the mouse -> HDF5 + QC CSV; the only decoding pass
+               frame pixels around the mouse -> HDF5 + QC CSV; the only decoding pass, in
+               --mask-workers forked processes (the rule's threads: 2), each decoding its part
   crop_shards  real_shards.run_crop_shards (S x S crops -> shard), one camera's share: the job
                crops --views cameras (default 6) that read copies of this camera's masks file,
                with --crop-workers forked worker processes (the rule's threads: 2)
@@ -113,7 +114,8 @@ def time_decode(video: str | Path, stride: int = 1, planar: bool = False) -> flo
     return time.perf_counter() - t0
 
 
-def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, views: int, workers: int = 2) -> dict[str, float]:
+def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, views: int, workers: int = 2,
+                  mask_workers: int = 2) -> dict[str, float]:
     """Run masks and crop_shards for one camera; seconds of each step.
 
     crop_shards runs on `views` cameras reading copies of this camera's masks file (a session's
@@ -123,7 +125,7 @@ def time_pipeline(video: Path, work: Path, mask_cfg: MaskConfig, crop: dict, vie
     """
     masks, qc_csv = work / "masks.h5", work / "qc.csv"
     t0 = time.perf_counter()
-    qc = run_masks(str(video), str(masks), str(qc_csv), mask_cfg)
+    qc = run_masks(str(video), str(masks), str(qc_csv), mask_cfg, workers=mask_workers)
     t_masks = time.perf_counter() - t0
     # Not timed: the inputs locate_mouse and calibration would give crop_shards.
     info = probe_video(video)
@@ -165,6 +167,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--views", type=int, default=6, help="cameras per crop_shards job (time divided among them)")
     ap.add_argument("--crop-workers", type=int, default=2, help="crop_shards worker processes (the rule's threads: 2)")
+    ap.add_argument("--mask-workers", type=int, default=2, help="run_masks worker processes (the rule's threads: 2)")
     args = ap.parse_args()
     mask_cfg = MaskConfig(**config_section("masks"))
     crop = config_section("crop")
@@ -180,7 +183,7 @@ def main() -> None:
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         print("decoder (baseline and pipeline alike): video.iter_frames = PyAV, thread_type AUTO, rgb24 via one "
               "swscale context per stream")
-        print(f"masks: {mask_cfg}\ncrop: {crop}")
+        print(f"masks: {mask_cfg}, {args.mask_workers} worker processes\ncrop: {crop}, {args.crop_workers} worker processes")
         print(f"median of {args.repeat} runs; frames/s of each run in brackets")
         dec, dec_yuv, runs = [], [], []
         for r in range(args.repeat):
@@ -188,7 +191,7 @@ def main() -> None:
             dec_yuv.append(time_decode(video, planar=True))
             work = tmp / f"run{r}"
             work.mkdir()
-            runs.append(time_pipeline(video, work, mask_cfg, crop, args.views, args.crop_workers))
+            runs.append(time_pipeline(video, work, mask_cfg, crop, args.views, args.crop_workers, args.mask_workers))
             shutil.rmtree(work)
         T = runs[0]["frames"]
         med = {k: statistics.median(x[k] for x in runs) for k in ("masks", "crop", "background")}

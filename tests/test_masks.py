@@ -486,8 +486,9 @@ def test_rgb_fallback_compares_with_the_rgb_median(video, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("store_frames", ["mouse", "full"])
 def test_mask_store_tiles_read_back(tmp_path, store_frames):
-    """MaskStore's directly written chunks (threaded or not, LZF by h5py's compressor or through
-    h5py) read back as the stored parts of the masks and frames, edge tiles included; a failed
+    """MaskStore's directly written chunks (added through its writer thread, or prepared as
+    FrameTiles and written as run_masks' workers do; LZF by h5py's compressor or through h5py)
+    read back as the stored parts of the masks and frames, edge tiles included; a failed
     write is raised by close()."""
     from workflow_scripts.masks import MaskStore, _nonzero_box
 
@@ -504,9 +505,13 @@ def test_mask_store_tiles_read_back(tmp_path, store_frames):
         path = tmp_path / f"s{threaded}{lzf}.h5"
         with h5py.File(path, "w") as f:
             store = MaskStore(f, n, h, w, store_frames, threaded=threaded)
-            store._lzf = lzf
+            store.layout = dataclasses.replace(store.layout, lzf=lzf)
             for t in range(n):
-                store.add(t, frames[t], masks[t], _nonzero_box(masks[t]))
+                if threaded:
+                    store.add(t, frames[t], masks[t], _nonzero_box(masks[t]))
+                else:  # as run_masks' workers prepare them
+                    region, part = store.layout.cut(masks[t], _nonzero_box(masks[t]))
+                    store.write(t, store.layout.tiles(frames[t], part, region))
             store.close()
         with h5py.File(path, "r") as f:
             results.append((f["masks"][:], f["frames"][:], f["stored_box"][:]))
@@ -684,3 +689,63 @@ def test_external_masks_store_exact_frame_tiles(video, tmp_path):
             x0, y0, x1, y1 = f["stored_box"][t]
             assert x1 > x0 and y1 > y0
             np.testing.assert_array_equal(f["frames"][t, y0:y1, x0:x1], decoded[t][y0:y1, x0:x1])
+
+
+def _masks_file(path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in f}
+
+
+@pytest.mark.parametrize("selection", [{}, {"start_frame": 5, "stride": 2, "max_frames": 70}])
+def test_run_masks_in_worker_processes_writes_the_same_file(tmp_path, selection, monkeypatch):
+    """Masks from 2 or 3 forked workers (each decoding its own part of the selection, which
+    starts between keyframes) are the file and QC table of one process, bit for bit, for the
+    built-in masks, external masks and whole stored frames."""
+    import workflow_scripts.masks as masks_mod
+
+    monkeypatch.setattr(masks_mod, "_MIN_FRAMES_PER_WORKER", 8)
+    monkeypatch.setattr(masks_mod, "_PIECE_FRAMES", 5)  # several jobs per worker, a short last one
+    n = 3 * T + 10
+    path = tmp_path / "long.mp4"
+    write_video(path, (scene(t % T) for t in range(n)), fps=30, crf=16, gop=7)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    for t in range(n):
+        Image.fromarray(np.where(blob_mask(t % T) > 0, 200, 0).astype(np.uint8)).save(ext / f"{t:05d}.png")
+    for kw in ({}, {"external": str(ext)}, {"store_frames": "full"}):
+        files = []
+        for workers in (1, 2, 3):
+            out, qc = tmp_path / f"m{workers}.h5", tmp_path / f"qc{workers}.csv"
+            table = run_masks(str(path), str(out), str(qc), MaskConfig(background_samples=12), workers=workers,
+                              **selection, **kw)
+            files.append((_masks_file(out), pd.read_csv(qc), table))
+        ref, ref_csv, ref_table = files[0]
+        assert ref_table["valid"].all() and len(ref_table) == (len(range(5, n, 2)) if selection else n)
+        for got, got_csv, got_table in files[1:]:
+            assert got.keys() == ref.keys()
+            for k in ref:
+                np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+            pd.testing.assert_frame_equal(got_csv, ref_csv)
+            pd.testing.assert_frame_equal(got_table, ref_table)
+
+
+def test_run_masks_in_workers_truncated_video_leaves_nothing(tmp_path, monkeypatch):
+    """A video whose end is cut off fails in the worker decoding that part: the error names the
+    file, and neither the masks file nor the QC table is left behind."""
+    import workflow_scripts.masks as masks_mod
+
+    monkeypatch.setattr(masks_mod, "_MIN_FRAMES_PER_WORKER", 8)
+    n = 3 * T
+    good = tmp_path / "good.mp4"
+    write_video(good, (scene(t % T) for t in range(n)), fps=30, crf=16, gop=7)
+    data = good.read_bytes()
+    bad = tmp_path / "cut.mp4"
+    bad.write_bytes(data[: int(len(data) * 0.7)])
+    # the background from the intact video, so that the workers are the first to meet the cut
+    background = masks_mod.estimate_backgrounds(str(good), range(n), 6)
+    monkeypatch.setattr(masks_mod, "estimate_backgrounds", lambda *a, **k: background)
+    with pytest.raises(InputError, match="cut.mp4: decoding failed after frame"):
+        run_masks(str(bad), str(tmp_path / "m.h5"), str(tmp_path / "qc.csv"), MaskConfig(background_samples=6),
+                  workers=2)
+    assert not (tmp_path / "m.h5").exists() and not (tmp_path / "qc.csv").exists()
+    assert not list(tmp_path.glob("*.tmp*"))

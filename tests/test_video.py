@@ -79,6 +79,11 @@ def test_seek_path_matches_sequential(tmp_path):
     for i, f in sub:
         np.testing.assert_array_equal(f, full[i])
         assert psnr(f, frames[i]) > 30
+    # one decoder thread (run_masks' workers) decodes the same frames
+    one = list(iter_frames(path, start=77, stop=110, stride=5, threads=1))
+    assert [i for i, _ in one] == [i for i, _ in sub]
+    for (_, a), (_, b) in zip(one, sub):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_only_yields_just_those_frames(video):

@@ -26,6 +26,11 @@ stored tiles are converted, bit-identical to the whole-frame conversion of video
 (video._ToRGB.region says why; it checks it per stream and converts whole frames where it cannot
 be shown). Image folders and other pixel formats (4:2:2, 4:4:4, RGB codecs) go the RGB way.
 
+Processes: with workers > 1 (the rule's threads) the selection is cut into that many contiguous
+parts, each decoded and masked by a forked process (one decoder thread each: a decoder's own
+threads keep only ~1.5 of 2 cores busy and wait for each other), which also converts and
+compresses the tiles; this process writes them into the file. Same file for any number.
+
 Mask: the difference from the background in RGB grey levels (0..255) > threshold. RGB frames:
 max over channels of |frame - background|. 4:2:0 planes: each plane's |frame - background| is
 expressed as the largest change of any RGB channel it causes alone, gain * d with the gains of
@@ -63,7 +68,7 @@ import json
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -79,6 +84,7 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.frames import check_expected, selected_video_indices
 from workflow_scripts.h5chunks import lzf_chunk, lzf_threads_available
 from workflow_scripts.video import YUV420Frame, iter_frames, keyframes_before, prefetched, probe_video
+from workflow_scripts.workers import ForkedWorkers
 
 _TILE = 128  # masks and frames are stored in _TILE x _TILE chunks; only those around the mouse are written
 # Stored frame pixels reach this far beyond the mask: a crop pixel is mouse where the bilinearly
@@ -613,8 +619,9 @@ def mask_qc(mask: np.ndarray, frame_index: int, cfg: MaskConfig,
 
 
 def _iter_external(external: str, frame_index: np.ndarray, shape: tuple[int, int],
-                   offset: int, num_source: int) -> Iterator[np.ndarray]:
-    """Binarized (>127 -> 255) external masks matching the selected frames, one per frame.
+                   offset: int, num_source: int, part: slice = slice(None)) -> Iterator[np.ndarray]:
+    """Binarized (>127 -> 255) external masks matching the selected frames, one per frame
+    (part: of the selected frames at these positions only).
 
     Accepted lengths: exactly T (one mask per selected frame) or the source video's frame count
     (then masks are picked at video index = frame_index + offset).
@@ -635,6 +642,9 @@ def _iter_external(external: str, frame_index: np.ndarray, shape: tuple[int, int
             f"{external}: external masks are {info.width}x{info.height}, frames are "
             f"{shape[1]}x{shape[0]}. Fix: export masks at the video resolution."
         )
+    wanted = wanted[part]
+    if len(wanted) == 0:
+        return
     lo, hi = int(wanted[0]), int(wanted[-1]) + 1
     steps = np.unique(np.diff(wanted))
     stride = int(steps[0]) if len(steps) == 1 else 1  # the selected frames are evenly strided
@@ -656,39 +666,115 @@ def stored_region(box: tuple[int, int, int, int] | None, H: int, W: int) -> tupl
     return x0, y0, x1, y1
 
 
+@dataclass(frozen=True)
+class FrameTiles:
+    """What the masks file stores of one frame, ready to write: ``box`` (its stored_box row),
+    ``chunks`` [(dataset "masks" or "frames", tile y, tile x, filter mask, stored bytes)], whole
+    chunks as HDF5 would store them, and ``mask`` (the mask's part in its stored region
+    ``mask_region``, uint8) only when h5py's lzf_compress is not usable, to be written through
+    h5py instead."""
+
+    box: tuple[int, int, int, int]
+    chunks: list[tuple[str, int, int, int, np.ndarray]]
+    mask: np.ndarray | None = None
+    mask_region: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How a frame's mask and pixels become the masks file's chunks (MaskStore); no file access,
+    so that forked workers prepare FrameTiles and the one process holding the file writes them.
+
+    Tiles are whole chunks, stored with ``write_direct_chunk`` as HDF5 would store them (frame
+    tiles raw; mask tiles LZF-compressed by h5py's own lzf_compress, workflow_scripts/h5chunks.py;
+    an edge tile padded with the fill value 0): this skips HDF5's selection and filter machinery
+    (~0.1 ms a tile), and readers see the same datasets.
+    """
+
+    H: int
+    W: int
+    store_frames: str = "mouse"
+    lzf: bool = True
+
+    def cut(self, mask: np.ndarray, bbox: tuple[int, int, int, int] | None) -> tuple[tuple[int, int, int, int] | None, np.ndarray | None]:
+        """(stored region, the mask's part in it) of a mask uint8 [H, W] with nonzero box bbox
+        (x0, y0, x1, y1; None: empty): stored_region; (None, None) for an empty mask."""
+        if bbox is None:
+            return None, None
+        region = x0, y0, x1, y1 = stored_region(bbox, self.H, self.W)
+        return region, mask[y0:y1, x0:x1]
+
+    def tiles(self, frame: np.ndarray | YUV420Frame, mask: np.ndarray | None,
+              region: tuple[int, int, int, int] | None) -> FrameTiles:
+        """The FrameTiles of a frame (RGB uint8 [H, W, 3], or a YUV420Frame of which only the
+        stored region is converted to RGB: the same pixels as converting the whole frame) whose
+        mask's stored part is ``mask`` (cut)."""
+        chunks: list[tuple[str, int, int, int, np.ndarray]] = []
+        fallback = None
+        box = (0, 0, 0, 0) if region is None else region
+        if region is not None:
+            if self.lzf:
+                self._tiles(chunks, "masks", mask, region, region[:2], compress=True)
+            else:
+                fallback = np.ascontiguousarray(mask)
+        if self.store_frames == "full":
+            box = (0, 0, self.W, self.H)
+            rgb = frame if isinstance(frame, np.ndarray) else frame.rgb()
+            self._tiles(chunks, "frames", rgb, box, (0, 0))
+        elif region is not None:
+            x0, y0, x1, y1 = region
+            rgb = frame[y0:y1, x0:x1] if isinstance(frame, np.ndarray) else frame.rgb_region(x0, y0, x1, y1)
+            self._tiles(chunks, "frames", rgb, region, (x0, y0))
+        return FrameTiles(box, chunks, fallback, region if fallback is not None else None)
+
+    def _tiles(self, chunks: list, name: str, arr: np.ndarray, region: tuple[int, int, int, int],
+               origin: tuple[int, int], compress: bool = False) -> None:
+        """Append the chunks of the tile-aligned ``region`` of a frame whose pixels are ``arr``'s
+        (pixel (x, y) of the frame at arr[y - origin[1], x - origin[0]])."""
+        th, tw = mask_chunks(self.H, self.W)[1:]
+        ox, oy = origin
+        x0, y0, x1, y1 = region
+        for ty in range(y0, y1, th):
+            for tx in range(x0, x1, tw):
+                part = arr[ty - oy:min(ty + th, y1) - oy, tx - ox:min(tx + tw, x1) - ox]
+                if part.shape[:2] == (th, tw):
+                    tile = np.ascontiguousarray(part)
+                else:  # an edge tile: the chunk's part beyond the image holds the fill value
+                    tile = np.zeros((th, tw, *arr.shape[2:]), np.uint8)
+                    tile[:part.shape[0], :part.shape[1]] = part
+                fmask, data = lzf_chunk(tile) if compress else (0, tile)
+                chunks.append((name, ty, tx, fmask, data))
+
+
 class MaskStore:
     """Writes the masks file's per-frame datasets (module doc) into an open h5py.File ``fout``.
 
     ``add(t, frame, mask, bbox)`` stores frame t: the mask and frame tiles of its stored region
     (bbox: (x0, y0, x1, y1) of the mask's nonzero pixels, x1/y1 exclusive, None when empty), or
-    the whole frame with store_frames="full". ``close()`` writes ``stored_box``; ``abort()``
-    (after an error) stops writing.
+    the whole frame with store_frames="full"; ``write(t, tiles)`` stores FrameTiles prepared
+    elsewhere (``layout.tiles``). ``close()`` writes ``stored_box``; ``abort()`` (after an error)
+    stops writing.
 
-    Tiles are whole chunks, so they are stored with ``write_direct_chunk`` as HDF5 would store
-    them (frame tiles raw; mask tiles LZF-compressed by h5py's own lzf_compress,
-    workflow_scripts/h5chunks.py; an edge tile padded with the fill value 0): this skips HDF5's
-    selection and filter machinery (~0.1 ms a tile), and readers see the same datasets. Where
-    h5py's lzf_compress is not usable, mask tiles go through h5py.
-
-    threaded: the RGB conversion of a YUV420Frame's stored region, the compression and the
-    writing run in a writer thread, one frame after another (swscale and LZF release the GIL:
-    they overlap the caller's next frame). ``add`` copies the mask's stored part; the frame is
-    read later, so it must not change after ``add`` (decoded frames do not).
+    threaded: ``add``'s tiles (the RGB conversion of a YUV420Frame's stored region, the
+    compression) are prepared and written in a writer thread, one frame after another (swscale
+    and LZF release the GIL: they overlap the caller's next frame). ``add`` copies the mask's
+    stored part; the frame is read later, so it must not change after ``add`` (decoded frames do
+    not).
     """
 
     def __init__(self, fout: h5py.File, T: int, H: int, W: int, store_frames: str = "mouse",
                  threaded: bool = True) -> None:
         if store_frames not in STORE_FRAMES:
             raise ValueError(f"store_frames must be one of {STORE_FRAMES}, got {store_frames!r}")
-        self.H, self.W, self.store_frames = H, W, store_frames
-        self.masks = fout.create_dataset("masks", shape=(T, H, W), dtype=np.uint8, chunks=mask_chunks(H, W),
-                                         compression="lzf", fillvalue=0)
-        self.frames = fout.create_dataset("frames", shape=(T, H, W, 3), dtype=np.uint8,
-                                          chunks=(*mask_chunks(H, W), 3), fillvalue=0)
+        self.layout = TileLayout(H, W, store_frames, lzf_threads_available())
+        self._datasets = {
+            "masks": fout.create_dataset("masks", shape=(T, H, W), dtype=np.uint8, chunks=mask_chunks(H, W),
+                                         compression="lzf", fillvalue=0),
+            "frames": fout.create_dataset("frames", shape=(T, H, W, 3), dtype=np.uint8,
+                                          chunks=(*mask_chunks(H, W), 3), fillvalue=0),
+        }
         self.boxes = np.zeros((T, 4), np.int32)
         self._fout = fout
-        self._tile = mask_chunks(H, W)[1:]
-        self._lzf = lzf_threads_available()
         fout.attrs.update({"store_frames": store_frames, "frame_margin": FRAME_MARGIN})
         self._queue: queue.Queue | None = None
         self._error: BaseException | None = None
@@ -699,37 +785,24 @@ class MaskStore:
 
     def add(self, t: int, frame: np.ndarray | YUV420Frame, mask: np.ndarray,
             bbox: tuple[int, int, int, int] | None) -> None:
-        """frame: RGB uint8 [H, W, 3], or a YUV420Frame of which only the stored region is
-        converted to RGB (the same pixels as converting the whole frame)."""
-        region = None
-        if bbox is not None:
-            region = x0, y0, x1, y1 = stored_region(bbox, self.H, self.W)
-            self.boxes[t] = region
-            mask = mask[y0:y1, x0:x1].copy()
-        if self.store_frames == "full":
-            self.boxes[t] = (0, 0, self.W, self.H)
+        """frame: RGB uint8 [H, W, 3] or a YUV420Frame; mask uint8 [H, W]; bbox as above."""
+        region, part = self.layout.cut(mask, bbox)
         if self._queue is None:
-            self._write(t, frame, mask, region)
+            self.write(t, self.layout.tiles(frame, part, region))
             return
         if self._error is not None:
             raise RuntimeError("the masks file's writer thread failed") from self._error
-        self._queue.put((t, frame, mask, region))
+        self._queue.put((t, frame, None if part is None else part.copy(), region))
 
-    def _write(self, t: int, frame: np.ndarray | YUV420Frame, mask: np.ndarray,
-               region: tuple[int, int, int, int] | None) -> None:
-        """Store frame t's tiles; mask: the stored region's part of the mask."""
-        if region is not None:
-            x0, y0, x1, y1 = region
-            if self._lzf:
-                self._write_tiles(self.masks, t, mask, region, (x0, y0), compress=True)
-            else:
-                self.masks[t, y0:y1, x0:x1] = mask
-        if self.store_frames == "full":
-            rgb = frame if isinstance(frame, np.ndarray) else frame.rgb()
-            self._write_tiles(self.frames, t, rgb, (0, 0, self.W, self.H), (0, 0))
-        elif region is not None:
-            rgb = frame[y0:y1, x0:x1] if isinstance(frame, np.ndarray) else frame.rgb_region(x0, y0, x1, y1)
-            self._write_tiles(self.frames, t, rgb, region, (x0, y0))
+    def write(self, t: int, tiles: FrameTiles) -> None:
+        """Store frame t's FrameTiles."""
+        self.boxes[t] = tiles.box
+        for name, ty, tx, fmask, data in tiles.chunks:
+            ds = self._datasets[name]
+            ds.id.write_direct_chunk((t, ty, tx) + (0,) * (ds.ndim - 3), data, filter_mask=fmask)
+        if tiles.mask is not None:
+            x0, y0, x1, y1 = tiles.mask_region
+            self._datasets["masks"][t, y0:y1, x0:x1] = tiles.mask
 
     def _drain(self) -> None:
         assert self._queue is not None
@@ -739,28 +812,10 @@ class MaskStore:
                 return
             if self._error is None:
                 try:
-                    self._write(*item)
+                    t, frame, part, region = item
+                    self.write(t, self.layout.tiles(frame, part, region))
                 except BaseException as exc:  # raised in the caller's thread (add / close)
                     self._error = exc
-
-    def _write_tiles(self, ds: h5py.Dataset, t: int, arr: np.ndarray, region: tuple[int, int, int, int],
-                     origin: tuple[int, int], compress: bool = False) -> None:
-        """Store the tiles of the tile-aligned ``region`` of frame t, whose pixels are ``arr``'s
-        (pixel (x, y) of the frame at arr[y - origin[1], x - origin[0]]), as whole chunks."""
-        th, tw = self._tile
-        ox, oy = origin
-        x0, y0, x1, y1 = region
-        tail = (0,) * (arr.ndim - 2)
-        for ty in range(y0, y1, th):
-            for tx in range(x0, x1, tw):
-                part = arr[ty - oy:min(ty + th, y1) - oy, tx - ox:min(tx + tw, x1) - ox]
-                if part.shape[:2] == (th, tw):
-                    tile = np.ascontiguousarray(part)
-                else:  # an edge tile: the chunk's part beyond the image holds the fill value
-                    tile = np.zeros((th, tw, *arr.shape[2:]), np.uint8)
-                    tile[:part.shape[0], :part.shape[1]] = part
-                fmask, data = lzf_chunk(tile) if compress else (0, tile)
-                ds.id.write_direct_chunk((t, ty, tx, *tail), data, filter_mask=fmask)
 
     def _join(self) -> None:
         if self._queue is not None:
@@ -782,9 +837,146 @@ class MaskStore:
         self._fout.create_dataset("stored_box", data=self.boxes)
 
 
+# Frames a worker of run_masks masks per job, and the fewest selected frames per worker: each
+# worker decodes a contiguous part of the video (so it seeks once and decodes at most one
+# keyframe interval it does not keep); a job's answer carries its frames' tiles (~0.25 MB each).
+_PIECE_FRAMES = 16
+_MIN_FRAMES_PER_WORKER = 32
+
+
+@dataclass
+class _Masker:
+    """Masks of the selected frames of one camera (run_masks): ``frames(a, b)`` decodes the
+    frames at selection positions a..b-1 and yields (t, QC row, frame, mask, mask box) for each,
+    the mask in one buffer reused for the next frame. decoder_threads: iter_frames' threads."""
+
+    video: str
+    vids: range
+    stride: int
+    offset: int
+    frame_index: np.ndarray
+    shape: tuple[int, int]
+    cfg: MaskConfig
+    yuv_background: YUVBackground | None
+    rgb_background: np.ndarray | None
+    external: str | None
+    num_source: int
+    decoder_threads: int = 0
+
+    def frames(self, a: int, b: int) -> Iterator[tuple[int, dict, np.ndarray | YUV420Frame, np.ndarray,
+                                                       tuple[int, int, int, int] | None]]:
+        vids, cfg = self.vids, self.cfg
+        if a >= b:
+            return
+        ext = None
+        if self.external:
+            ext = _iter_external(self.external, self.frame_index, self.shape, self.offset, self.num_source, slice(a, b))
+        mask = np.empty(self.shape, np.uint8)
+        buffers: dict[str, np.ndarray] = {}
+        t = a
+        for v, frame in prefetched(iter_frames(self.video, start=vids[a], stop=vids[b - 1] + 1, stride=self.stride,
+                                               planar=True, threads=self.decoder_threads)):
+            if v != vids[t]:  # cannot happen unless the decoder skips frames silently
+                raise InputError(f"{self.video}: expected frame {vids[t]}, decoder gave {v}. Fix: re-encode the video.")
+            if ext is not None:
+                mask = next(ext, None)
+                if mask is None:
+                    raise InputError(f"{self.external}: ran out of masks at frame {self.frame_index[t]}. "
+                                     "Fix: export one mask per frame.")
+                box = _nonzero_box(mask)
+            elif (self.yuv_background is not None and isinstance(frame, YUV420Frame)
+                  and frame.tags == self.yuv_background.tags):
+                _, box = _compute_mask_box(frame, self.yuv_background, cfg, out=mask, buffers=buffers)
+            else:  # image folders, other pixel formats (and a stream that changes its format)
+                frame = frame if isinstance(frame, np.ndarray) else frame.rgb()
+                if self.rgb_background is None:  # the median of the RGB frames (estimate_backgrounds)
+                    self.rgb_background = estimate_backgrounds(self.video, vids, cfg.background_samples,
+                                                               rgb_median=True)[0]
+                _, box = _compute_mask_box(frame, self.rgb_background, cfg, out=mask, buffers=buffers)
+            row = mask_qc(mask, int(self.frame_index[t]), cfg, box)
+            bbox = None if not row["area"] else tuple(int(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
+            yield t, row, frame, mask, bbox
+            t += 1
+            if t == b:
+                return
+        raise InputError(f"{self.video}: only {t} of {len(vids)} selected frames could be decoded. "
+                         "Fix: re-encode the video.")
+
+
+def _pack(frames: list[tuple[int, dict, FrameTiles]]) -> tuple[list, bytes]:
+    """A worker's answer: the frames' tiles with their chunks' bytes joined into one buffer (a
+    pipe carries one large bytes object at memory speed; a dozen small arrays per frame pickled
+    one by one cost ~0.5 ms per frame on both sides)."""
+    meta, data = [], []
+    for t, row, tiles in frames:
+        meta.append((t, row, tiles.box, [(n, y, x, f, memoryview(d).nbytes) for n, y, x, f, d in tiles.chunks], tiles.mask,
+                     tiles.mask_region))
+        data += [d for *_, d in tiles.chunks]
+    return meta, b"".join(data)
+
+
+def _unpack(packed: tuple[list, bytes]) -> Iterator[tuple[int, dict, FrameTiles]]:
+    meta, data = packed
+    view, at = memoryview(data), 0
+    for t, row, box, chunks, mask, mask_region in meta:
+        parts = []
+        for name, y, x, fmask, size in chunks:
+            parts.append((name, y, x, fmask, view[at:at + size]))
+            at += size
+        yield t, row, FrameTiles(box, parts, mask, mask_region)
+
+
+def _masked_in_workers(masker: _Masker, layout: TileLayout, T: int,
+                       workers: int) -> Iterator[tuple[int, dict, FrameTiles]]:
+    """(t, QC row, FrameTiles) of every selected frame, in no particular order, from `workers`
+    forked processes, each masking a contiguous part of the selection (one seek each) in jobs
+    of _PIECE_FRAMES frames; this process only writes. Two jobs per worker are kept in flight."""
+    cuts = np.linspace(0, T, workers + 1).round().astype(int)
+    jobs = [[(a, min(a + _PIECE_FRAMES, e), e) for a in range(s, e, _PIECE_FRAMES)]
+            for s, e in zip(cuts[:-1], cuts[1:])]
+    state: dict[str, Any] = {}  # a worker's open decoding of its part
+    # one decoder thread per worker: the workers are the parallelism (decoder threads waiting for
+    # each other's rows cost ~10 % more CPU per frame when the cores are all busy)
+    masker = replace(masker, decoder_threads=1)
+
+    def work(job: tuple[int, int, int]) -> list[tuple[int, dict, FrameTiles]]:
+        a, b, end = job
+        if state.get("next") != a:
+            if "frames" in state:
+                state.pop("frames").close()
+            state["frames"] = masker.frames(a, end)
+        out = []
+        for _ in range(b - a):
+            t, row, frame, mask, bbox = next(state["frames"])
+            region, part = layout.cut(mask, bbox)
+            out.append((t, row, layout.tiles(frame, part, region)))
+        state["next"] = b
+        if b == end:
+            state.pop("frames").close()
+        return _pack(out)
+
+    pool = ForkedWorkers(workers, work, f"masks of {masker.video}, frames")
+    try:
+        ahead = 2
+        for w in range(workers):
+            for k in range(min(ahead, len(jobs[w]))):
+                pool.submit(k * workers + w, jobs[w][k])
+        for k in range(max(len(j) for j in jobs)):
+            for w in range(workers):
+                if k < len(jobs[w]):
+                    if k + ahead < len(jobs[w]):
+                        pool.submit((k + ahead) * workers + w, jobs[w][k + ahead])
+                    yield from _unpack(pool.result(k * workers + w, f"{jobs[w][k][0]}-{jobs[w][k][1] - 1}"))
+    except BaseException:
+        pool.close(abort=True)
+        raise
+    pool.close()
+
+
 def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, start_frame: int = 0,
               max_frames: int | None = None, stride: int = 1, offset: int = 0, expected: dict | None = None,
-              camera: str | None = None, external: str | None = None, store_frames: str = "mouse") -> pd.DataFrame:
+              camera: str | None = None, external: str | None = None, store_frames: str = "mouse",
+              workers: int = 1) -> pd.DataFrame:
     """Decode the selected frames of one camera's `video` once into masks, the mouse's pixels and
     QC (schema in the module doc); returns the QC table.
 
@@ -795,6 +987,10 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
     background subtraction (the background image is still estimated). store_frames: "mouse"
     (the tiles around the mask) or "full" (whole frames, for crop.background: keep). Bad masks
     (empty, too small/large, touching the border) are flagged in the QC table.
+
+    workers: forked processes that decode and mask a contiguous part of the selection each (at
+    most one per _MIN_FRAMES_PER_WORKER frames) while this one writes the file: the decoder keeps
+    only ~1.5 of 2 cores busy, the masks and tiles need the rest. The same file for any number.
     """
     info = probe_video(video)
     check_expected(info, expected)
@@ -805,15 +1001,16 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
     background, yuv_background, bg_frames = estimate_backgrounds(video, vids, cfg.background_samples)
     # RGB frames are compared with the RGB median: the background image unless it was converted
     # from the plane medians (then decoded again if a frame needs it: a stream changing format)
-    rgb_background = background if yuv_background is None else None
-    ext = _iter_external(external, frame_index, (H, W), offset, info.num_frames) if external else None
+    masker = _Masker(str(video), vids, stride, offset, frame_index, (H, W), cfg, yuv_background,
+                     background if yuv_background is None else None, external, info.num_frames)
+    workers = max(1, min(int(workers), T // _MIN_FRAMES_PER_WORKER))
     fps = info.fps if info.fps is not None else Fraction(0)
-    rows = []
+    rows: list[dict | None] = [None] * T
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w", libver=("v110", "latest")) as fout:
             # libver v110+: chunk indices stay O(1) per access however many chunks a long
             # recording has (fixed-array index instead of a version-1 B-tree).
-            store = MaskStore(fout, T, H, W, store_frames)
+            store = MaskStore(fout, T, H, W, store_frames, threaded=workers == 1)
             fout.create_dataset("frame_index", data=frame_index)
             fout.create_dataset("background", data=background)
             fout.create_dataset("background_frames", data=bg_frames)
@@ -824,33 +1021,18 @@ def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, star
                 "config_json": json.dumps(asdict(cfg), sort_keys=True),
             })
             try:
-                mask = np.empty((H, W), np.uint8)
-                buffers: dict[str, np.ndarray] = {}
-                decoded = prefetched(iter_frames(video, start=vids.start, stop=vids.stop, stride=stride, planar=True))
-                for t, (v, frame) in enumerate(tqdm(decoded, total=T, desc=f"masks {cam}", unit="frame")):
-                    if v != vids[t]:  # cannot happen unless the decoder skips frames silently
-                        raise InputError(f"{video}: expected frame {vids[t]}, decoder gave {v}. Fix: re-encode the video.")
-                    if ext is not None:
-                        mask = next(ext, None)
-                        if mask is None:
-                            raise InputError(f"{external}: ran out of masks at frame {frame_index[t]}. "
-                                             "Fix: export one mask per frame.")
-                        box = _nonzero_box(mask)
-                    elif (yuv_background is not None and isinstance(frame, YUV420Frame)
-                          and frame.tags == yuv_background.tags):
-                        _, box = _compute_mask_box(frame, yuv_background, cfg, out=mask, buffers=buffers)
-                    else:  # image folders, other pixel formats (and a stream that changes its format)
-                        frame = frame if isinstance(frame, np.ndarray) else frame.rgb()
-                        if rgb_background is None:  # the median of the RGB frames (estimate_backgrounds)
-                            rgb_background = estimate_backgrounds(video, vids, cfg.background_samples, rgb_median=True)[0]
-                        _, box = _compute_mask_box(frame, rgb_background, cfg, out=mask, buffers=buffers)
-                    row = mask_qc(mask, int(frame_index[t]), cfg, box)
-                    rows.append(row)
-                    bbox = None if not row["area"] else tuple(int(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"))
-                    store.add(t, frame, mask, bbox)
-                if len(rows) != T:
-                    raise InputError(f"{video}: only {len(rows)} of {T} selected frames could be decoded. "
-                                     "Fix: re-encode the video.")
+                if workers > 1:  # forked before the progress bar's thread starts
+                    masked = _masked_in_workers(masker, store.layout, T, workers)
+                    with tqdm(total=T, desc=f"masks {cam} ({workers} processes)", unit="frame") as bar:
+                        for t, row, tiles in masked:
+                            rows[t] = row
+                            store.write(t, tiles)
+                            bar.update()
+                else:
+                    for t, row, frame, mask, bbox in tqdm(masker.frames(0, T), total=T, desc=f"masks {cam}",
+                                                          unit="frame"):
+                        rows[t] = row
+                        store.add(t, frame, mask, bbox)
                 store.close()
             finally:
                 store.abort()  # after an error: stop the writer thread (nothing to do after close)

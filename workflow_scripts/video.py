@@ -344,7 +344,7 @@ def _iter_image_folder(p: Path, start: int, stop: int, stride: int,
 
 def iter_frames(
     path: str | Path, start: int = 0, stop: int | None = None, stride: int = 1,
-    only: Collection[int] | None = None, planar: bool = False,
+    only: Collection[int] | None = None, planar: bool = False, threads: int = 0,
 ) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     """Yield (frame_index, rgb uint8 [H, W, 3]) for frame_index in range(start, stop, stride).
 
@@ -352,6 +352,8 @@ def iter_frames(
     decoded but not converted to RGB.
     planar: yield yuv420p / yuvj420p frames as YUV420Frame (their planes, not converted; RGB of
     the whole frame or of a region on demand, the same pixels); other frames stay RGB arrays.
+    threads: the decoder's threads (0: FFmpeg's choice, one per core and more); 1 where the
+    parallelism is processes, each decoding its own part (run_masks' workers).
 
     frame_index counts from 0 at the first frame of the file. Streaming: one frame in memory at a
     time. For a large `start` it seeks to the preceding keyframe and decodes forward; frames that
@@ -372,7 +374,7 @@ def iter_frames(
     if p.is_dir():
         yield from _iter_image_folder(p, start, stop, stride, wanted)
         return
-    yield from _iter_video(p, info, start, stop, stride, wanted, planar)
+    yield from _iter_video(p, info, start, stop, stride, wanted, planar, threads)
 
 
 _Item = TypeVar("_Item")
@@ -527,11 +529,12 @@ def _keyframes_one_by_one(p: Path, info: VideoInfo, targets: list[int],
 
 def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
                 wanted: frozenset[int] | None = None,
-                planar: bool = False) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
+                planar: bool = False, threads: int = 0) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     assert info.fps is not None
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threading in the decoder
+        stream.thread_count = threads
         to_rgb = _converter(planar, str(p))
         tb = stream.time_base
         t0 = stream.start_time or 0
@@ -561,7 +564,7 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
                 if expected is None:
                     if idx > start:
                         # Seek overshot (inexact index): fall back to a plain decode from 0.
-                        yield from _iter_video_sequential(p, info, start, stop, stride, wanted, planar)
+                        yield from _iter_video_sequential(p, info, start, stop, stride, wanted, planar, threads)
                         return
                     expected = idx
                 if idx < expected:
@@ -592,12 +595,13 @@ def _iter_video(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
 
 
 def _iter_video_sequential(p: Path, info: VideoInfo, start: int, stop: int, stride: int,
-                           wanted: frozenset[int] | None = None,
-                           planar: bool = False) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
+                           wanted: frozenset[int] | None = None, planar: bool = False,
+                           threads: int = 0) -> Iterator[tuple[int, np.ndarray | YUV420Frame]]:
     """Decode from frame 0 counting frames (used when timestamps cannot place a seek)."""
     with _open_input(p) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = threads
         to_rgb = _converter(planar, str(p))
         idx = -1
         try:

@@ -16,6 +16,6 @@ with rule_logging(snakemake) as log:
         start_frame=frames["start"], max_frames=frames["max_frames"], stride=frames["stride"],
         offset=snakemake.params.offset, expected={k: sync[k] for k in ("width", "height")} | {"camera": camera},
         camera=camera, external=snakemake.input.external[0] if snakemake.input.external else None,
-        store_frames=snakemake.params.store_frames,
+        store_frames=snakemake.params.store_frames, workers=snakemake.threads,
     )
     log.info("%d frames, %d valid masks; flags: %s", len(qc), int(qc["valid"].sum()), qc["reason"].value_counts().to_dict())
