@@ -935,11 +935,12 @@ def _masked_in_workers(masker: _Masker, layout: TileLayout, T: int,
     jobs = [[(a, min(a + _PIECE_FRAMES, e), e) for a in range(s, e, _PIECE_FRAMES)]
             for s, e in zip(cuts[:-1], cuts[1:])]
     state: dict[str, Any] = {}  # a worker's open decoding of its part
-    # one decoder thread per worker: the workers are the parallelism (decoder threads waiting for
-    # each other's rows cost ~10 % more CPU per frame when the cores are all busy)
+    # one decoder thread per worker: the workers are the parallelism (with FFmpeg's own threads
+    # as well, the masks step was ~10 % slower: they wait for each other on busy cores)
     masker = replace(masker, decoder_threads=1)
 
-    def work(job: tuple[int, int, int]) -> list[tuple[int, dict, FrameTiles]]:
+    def work(job: tuple[int, int, int]) -> tuple[list, bytes]:
+        """Frames a..b-1 of the part a0..end-1 (decoding continues where the last job stopped)."""
         a, b, end = job
         if state.get("next") != a:
             if "frames" in state:
