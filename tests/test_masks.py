@@ -704,7 +704,7 @@ def test_run_masks_in_worker_processes_writes_the_same_file(tmp_path, selection,
     import workflow_scripts.masks as masks_mod
 
     monkeypatch.setattr(masks_mod, "_MIN_FRAMES_PER_WORKER", 8)
-    monkeypatch.setattr(masks_mod, "_PIECE_FRAMES", 5)  # several jobs per worker, a short last one
+    monkeypatch.setattr(masks_mod, "_PIECE_FRAMES", 5)  # several jobs per worker, of unequal sizes
     n = 3 * T + 10
     path = tmp_path / "long.mp4"
     write_video(path, (scene(t % T) for t in range(n)), fps=30, crf=16, gop=7)

@@ -52,3 +52,28 @@ def test_forked_workers_answer_in_order_and_raise_in_the_caller():
             pool.result(0)
     finally:
         pool.close()
+
+
+def test_forked_workers_map_keeps_order_and_drains_after_an_early_stop():
+    """map: the answers in job order from a window of jobs in flight; a caller that stops early
+    with drain=True leaves the workers in step for another map; the context closes the pool."""
+    from workflow_scripts.workers import ForkedWorkers
+
+    import os
+
+    def times_ten(job):
+        if job == "die":
+            os._exit(1)  # a worker killed (for memory, say)
+        return 10 * int(job)
+
+    with ForkedWorkers(2, times_ten, "times ten") as pool:
+        assert list(pool.map(range(9), ahead=1)) == [10 * i for i in range(9)]
+        answers = pool.map(range(20), drain=True)
+        assert [next(answers) for _ in range(3)] == [0, 10, 20]
+        answers.close()  # 4 more were in flight: read and dropped
+        assert list(pool.map([5, 6, 7])) == [50, 60, 70]
+        with pytest.raises(ValueError):  # raised in the worker, raised here
+            list(pool.map(["1", "x"]))
+        with pytest.raises(RuntimeError, match="times ten job two: its worker process died"):
+            list(pool.map([1, "die"], label=lambda job: "job two" if job == "die" else job))
+    assert all(not proc.is_alive() for proc in pool._procs)

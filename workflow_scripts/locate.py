@@ -442,20 +442,10 @@ def _fit_body_model(cameras: Sequence[Camera], names: list[str], frames: np.ndar
     with tqdm(total=int(keep.sum()), desc="locate_mouse: body model", unit="frame", mininterval=2.0) as bar:
         if workers > 1:
             # forked processes (workers.ForkedWorkers); each opens the masks files itself (H5Masks)
-            pool = ForkedWorkers(workers, job, "body-model piece starting at frame row")
-            try:
-                ahead = min(len(pieces), 2 * workers)
-                for i in range(ahead):
-                    pool.submit(i, pieces[i])
-                for i, piece in enumerate(pieces):
-                    if i + ahead < len(pieces):
-                        pool.submit(i + ahead, pieces[i + ahead])
-                    fits.update(pool.result(i, piece[0]))
+            with ForkedWorkers(workers, job, "body-model piece starting at frame row") as pool:
+                for piece_fits, piece in zip(pool.map(pieces, label=lambda piece: piece[0]), pieces):
+                    fits.update(piece_fits)
                     bar.update(len(piece))
-            except BaseException:
-                pool.close(abort=True)
-                raise
-            pool.close()
         else:
             with blas_threads(1):  # many small products: more BLAS threads only spin
                 for piece in pieces:

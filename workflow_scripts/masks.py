@@ -837,7 +837,7 @@ class MaskStore:
         self._fout.create_dataset("stored_box", data=self.boxes)
 
 
-# Frames a worker of run_masks masks per job, and the fewest selected frames per worker: each
+# The most frames a worker of run_masks masks per job, and the fewest selected frames per worker: each
 # worker decodes a contiguous part of the video (so it seeks once and decodes at most one
 # keyframe interval it does not keep); a job's answer carries its frames' tiles (~0.25 MB each).
 _PIECE_FRAMES = 16
@@ -929,11 +929,14 @@ def _unpack(packed: tuple[list, bytes]) -> Iterator[tuple[int, dict, FrameTiles]
 def _masked_in_workers(masker: _Masker, layout: TileLayout, T: int,
                        workers: int) -> Iterator[tuple[int, dict, FrameTiles]]:
     """(t, QC row, FrameTiles) of every selected frame, in no particular order, from `workers`
-    forked processes, each masking a contiguous part of the selection (one seek each) in jobs
-    of _PIECE_FRAMES frames; this process only writes. Two jobs per worker are kept in flight."""
+    forked processes, each masking a contiguous part of the selection (one seek each) in as many
+    jobs of up to _PIECE_FRAMES frames as the others; this process only writes. Two jobs per
+    worker are kept in flight."""
     cuts = np.linspace(0, T, workers + 1).round().astype(int)
-    jobs = [[(a, min(a + _PIECE_FRAMES, e), e) for a in range(s, e, _PIECE_FRAMES)]
-            for s, e in zip(cuts[:-1], cuts[1:])]
+    per_worker = -(-int(np.diff(cuts).max()) // _PIECE_FRAMES)
+    # job k * workers + w: piece k of part w (ForkedWorkers sends job i to worker i % workers)
+    pieces = [np.linspace(s, e, per_worker + 1).round().astype(int) for s, e in zip(cuts[:-1], cuts[1:])]
+    jobs = [(int(p[k]), int(p[k + 1]), int(p[-1])) for k in range(per_worker) for p in pieces]
     state: dict[str, Any] = {}  # a worker's open decoding of its part
     # one decoder thread per worker: the workers are the parallelism (with FFmpeg's own threads
     # as well, the masks step was ~10 % slower: they wait for each other on busy cores)
@@ -956,22 +959,9 @@ def _masked_in_workers(masker: _Masker, layout: TileLayout, T: int,
             state.pop("frames").close()
         return _pack(out)
 
-    pool = ForkedWorkers(workers, work, f"masks of {masker.video}, frames")
-    try:
-        ahead = 2
-        for w in range(workers):
-            for k in range(min(ahead, len(jobs[w]))):
-                pool.submit(k * workers + w, jobs[w][k])
-        for k in range(max(len(j) for j in jobs)):
-            for w in range(workers):
-                if k < len(jobs[w]):
-                    if k + ahead < len(jobs[w]):
-                        pool.submit((k + ahead) * workers + w, jobs[w][k + ahead])
-                    yield from _unpack(pool.result(k * workers + w, f"{jobs[w][k][0]}-{jobs[w][k][1] - 1}"))
-    except BaseException:
-        pool.close(abort=True)
-        raise
-    pool.close()
+    with ForkedWorkers(workers, work, f"masks of {masker.video}, frames") as pool:
+        for packed in pool.map(jobs, label=lambda job: f"{job[0]}-{job[1] - 1}"):
+            yield from _unpack(packed)
 
 
 def run_masks(video: str, out_h5: str, out_qc_csv: str, cfg: MaskConfig, *, start_frame: int = 0,

@@ -356,10 +356,10 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                 N, imgs, msks, *rest = cropper.frame(fidx)
                 return (N, _for_pipe(imgs), _for_pipe(msks), *rest)
 
-            # each worker opens the masks files itself: never the parent's handles
-            pool = ForkedWorkers(min(int(workers), len(mine)), crop_frame, "crop_shards frame", start=cropper.open)
-            failed = [True]  # stop the workers (before the files close: LIFO), killing them after an error
-            stack.callback(lambda: pool.close(abort=failed[0]))
+            # each worker opens the masks files itself: never the parent's handles; the workers
+            # stop before the files close (LIFO), killed after an error
+            pool = stack.enter_context(ForkedWorkers(min(int(workers), len(mine)), crop_frame, "crop_shards frame",
+                                                     start=cropper.open))
         else:
             cropper.open(stack, mf)
         with ShardWriter(out_h5, kind="real", num_views=V, image_size=S, params=attrs) as w:
@@ -368,17 +368,12 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                             out_h5, chunk, num_chunks, session)
                 _create_empty_datasets(w)
             n_invalid = 0
-            ahead = 2 * len(pool) if pool else 0
-            for i in range(min(ahead, len(mine))):
-                pool.submit(i, int(mine[i]))
-            for i, fidx in enumerate(tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame")):
+            # in the workers: two frames per worker in flight while this process writes
+            cropped = pool.map([int(f) for f in mine]) if pool else (cropper.frame(int(f)) for f in mine)
+            for (N, imgs, msks, K, c2w, ok, qc, touch, invalid), fidx in zip(
+                    cropped, tqdm(mine, desc=f"crop {session} chunk {chunk}", unit="frame")):
                 if pool:
-                    if i + ahead < len(mine):  # keep two frames per worker in flight while this process writes
-                        pool.submit(i + ahead, int(mine[i + ahead]))
-                    N, imgs, msks, K, c2w, ok, qc, touch, invalid = pool.result(i, fidx)
                     imgs, msks = _from_pipe(imgs), _from_pipe(msks)
-                else:
-                    N, imgs, msks, K, c2w, ok, qc, touch, invalid = cropper.frame(fidx)
                 for n, reason in invalid:
                     log.info("frame %d camera %s invalid: %s", fidx, n, reason)
                 n_invalid += int((~ok).sum())
@@ -386,8 +381,6 @@ def run_crop_shards(masks_h5: dict[str, str], cameras_json: str, centers_csv: st
                       norm_from_raw=N, view_valid=ok,
                       extras={"qc/size_ratio": qc[0], "qc/center_offset_px": qc[1], "qc/focal": qc[2],
                               "qc/touches_crop_border": touch})
-        if pool:
-            failed[0] = False
         if len(mine):
             log.info("%s: %d frames x %d views, %d views invalid", out_h5, len(mine), V, n_invalid)
     return len(mine)

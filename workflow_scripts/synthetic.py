@@ -752,23 +752,8 @@ class ShardJob:
             for i in range(n):
                 yield prepare_sample(self.model, self.sampler, self.cfg, sample_rng(self.seed, self.shard_index, i))
             return
-        ahead = min(n, 2 * self.workers)
-        for i in range(ahead):
-            self._pool.submit(i, i)
-        submitted, received = ahead, 0
-        try:
-            for i in range(n):
-                if i + ahead < n:
-                    self._pool.submit(i + ahead, i + ahead)
-                    submitted += 1
-                received += 1
-                yield self._pool.result(i)
-        finally:  # stopped early (an error): collect what is still coming, so a later write starts clean
-            for j in range(received, submitted):
-                try:
-                    self._pool.result(j)
-                except Exception:  # noqa: BLE001 - the first error is the one being raised
-                    pass
+        # drained when stopped early (an error), so that a later write starts clean
+        yield from self._pool.map(range(n), drain=True)
 
     def write(self, out_path: str | os.PathLike, n: int | None = None, progress: bool = True) -> JobStats:
         """Write samples 0..n-1 (default samples_per_shard) atomically to ``out_path`` (module docstring)."""

@@ -13,7 +13,7 @@ import gc
 import multiprocessing
 import os
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 
 def forked_worker_setup() -> None:
@@ -111,6 +111,38 @@ class ForkedWorkers:
 
     def __len__(self) -> int:
         return len(self._procs)
+
+    def __enter__(self) -> "ForkedWorkers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(abort=exc_type is not None)  # after an error: terminate, do not finish the jobs
+
+    def map(self, jobs: Sequence[Any], ahead: int = 2, label: Callable[[Any], Any] | None = None,
+            drain: bool = False) -> Iterator[Any]:
+        """``work(job)`` of each of ``jobs``, in order (job i to worker i % n), with ``ahead`` jobs
+        per worker in flight, so the workers go on while the caller handles an answer.
+        ``label(job)`` names a job in errors (default: the job). drain: when the caller stops
+        early (an error), read the answers still coming, so the workers can take another map;
+        otherwise the pool is to be closed."""
+        window = min(len(jobs), ahead * len(self))
+        for i in range(window):
+            self.submit(i, jobs[i])
+        submitted, received = window, 0
+        try:
+            for i in range(len(jobs)):
+                if i + window < len(jobs):
+                    self.submit(i + window, jobs[i + window])
+                    submitted += 1
+                received += 1
+                yield self.result(i, jobs[i] if label is None else label(jobs[i]))
+        finally:
+            if drain:
+                for j in range(received, submitted):
+                    try:
+                        self.result(j)
+                    except Exception:  # noqa: BLE001 - the first error is the one being raised
+                        pass
 
     def submit(self, i: int, job: Any) -> None:
         self._conns[i % len(self._conns)].send(job)
