@@ -447,36 +447,8 @@ def keyframes_before(path: str | Path, targets: Sequence[int],
     if p.is_dir():
         files = list_image_frames(p)
         return [(t, _load_image_rgb(files[t])) for t in targets]
-    got: dict[int, np.ndarray | YUV420Frame] = {}
-    with _open_input(p) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "FRAME"
-        to_rgb = _converter(planar, str(p))
-        tb, t0 = stream.time_base, stream.start_time or 0
-        if tb is None or info.fps is None:
-            return []
-        try:
-            packets = []  # (target, its keyframe's packet)
-            for t in targets:
-                container.seek(t0 + int((Fraction(t) / info.fps) / tb), stream=stream, backward=True, any_frame=False)
-                packet = next((p for p in container.demux(stream) if p.size > 0), None)
-                if packet is None or not packet.is_keyframe:
-                    return []
-                packets.append((t, packet))
-            frames = _decode_together([pk for _, pk in packets], stream.codec_context)
-        except av.error.FFmpegError as exc:
-            raise InputError(f"{p}: decoding failed while sampling keyframes ({exc}). The video is corrupt or "
-                             "truncated. Fix: re-copy or re-encode the video.") from exc
-        if frames is not None:
-            for t, packet in packets:
-                frame = frames[packet.pts]
-                idx = int(round((frame.pts - t0) * tb * info.fps))
-                if idx > t or idx < 0:
-                    return []  # the seek landed after the target: timestamps are not usable
-                if idx not in got:
-                    got[idx] = to_rgb(frame)
-            return sorted(got.items())
-    return _keyframes_one_by_one(p, info, targets, planar)
+    together = _keyframes(p, info, targets, planar, together=True)
+    return together if together is not None else _keyframes_one_by_one(p, info, targets, planar)
 
 
 def _decode_together(packets: list, ctx: Any) -> dict[int, av.VideoFrame] | None:
@@ -496,34 +468,54 @@ def _decode_together(packets: list, ctx: Any) -> dict[int, av.VideoFrame] | None
 def _keyframes_one_by_one(p: Path, info: VideoInfo, targets: list[int],
                           planar: bool) -> list[tuple[int, np.ndarray | YUV420Frame]]:
     """keyframes_before, each keyframe's packet decoded alone (then the decoder drained)."""
+    return _keyframes(p, info, targets, planar, together=False)
+
+
+def _keyframes(p: Path, info: VideoInfo, targets: list[int], planar: bool,
+               together: bool) -> list[tuple[int, np.ndarray | YUV420Frame]] | None:
+    """keyframes_before of sorted, distinct ``targets``: the keyframe packets at or before them
+    (one seek each), decoded ``together`` by one frame-threaded decoder (None when that does not
+    give one frame per packet) or each alone by a slice-threaded one; [] when the stream's
+    timestamps cannot place the keyframes."""
     got: dict[int, np.ndarray | YUV420Frame] = {}
     with _open_input(p) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # frame threading would decode several frames before the first one
+        # alone, frame threading would decode several frames before giving the first one
+        stream.thread_type = "FRAME" if together else "SLICE"
         to_rgb = _converter(planar, str(p))
         tb, t0 = stream.time_base, stream.start_time or 0
-        assert tb is not None and info.fps is not None
+        if tb is None or info.fps is None:
+            return []
         ctx = stream.codec_context
         try:
+            packets, frames = [], []  # the keyframe's packet of each target (and frame, alone)
             for t in targets:
                 container.seek(t0 + int((Fraction(t) / info.fps) / tb), stream=stream, backward=True, any_frame=False)
                 packet = next((p for p in container.demux(stream) if p.size > 0), None)
                 if packet is None or not packet.is_keyframe:
                     return []
-                # the keyframe's packet alone, then drain: no waiting for the frames that follow
-                # it (B-frame reordering would otherwise decode several)
-                decoded = [*ctx.decode(packet), *ctx.decode(None)]
-                frame = decoded[0] if decoded else None
-                if frame is None or frame.pts is None:
-                    return []
-                idx = int(round((frame.pts - t0) * tb * info.fps))
-                if idx > t or idx < 0:
-                    return []  # the seek landed after the target: timestamps are not usable
-                if idx not in got:
-                    got[idx] = to_rgb(frame)
+                packets.append(packet)
+                if not together:
+                    # the keyframe's packet alone, then drain (the next seek resets the decoder): no
+                    # waiting for the frames that follow it (B-frame reordering would decode several)
+                    decoded = [*ctx.decode(packet), *ctx.decode(None)]
+                    if not decoded or decoded[0].pts is None:
+                        return []
+                    frames.append(decoded[0])
+            if together:
+                by_pts = _decode_together(packets, ctx)
+                if by_pts is None:
+                    return None
+                frames = [by_pts[pk.pts] for pk in packets]
         except av.error.FFmpegError as exc:
             raise InputError(f"{p}: decoding failed while sampling keyframes ({exc}). The video is corrupt or "
                              "truncated. Fix: re-copy or re-encode the video.") from exc
+        for t, frame in zip(targets, frames):
+            idx = int(round((frame.pts - t0) * tb * info.fps))
+            if idx > t or idx < 0:
+                return []  # the seek landed after the target: timestamps are not usable
+            if idx not in got:
+                got[idx] = to_rgb(frame)
     return sorted(got.items())
 
 
