@@ -128,16 +128,12 @@ def time_decode_in_processes(video: str | Path, processes: int) -> float:
     contiguous part and one decoder thread each, as run_masks' workers do; return seconds."""
     n = probe_video(video).num_frames
     cuts = np.linspace(0, n, processes + 1).round().astype(int)
-    pool = ForkedWorkers(processes, lambda part: sum(1 for _ in iter_frames(video, start=part[0], stop=part[1],
-                                                                            planar=True, threads=1)), "decode part")
-    try:
+    parts = [(int(cuts[i]), int(cuts[i + 1])) for i in range(processes)]
+    with ForkedWorkers(processes, lambda part: sum(1 for _ in iter_frames(video, start=part[0], stop=part[1],
+                                                                         planar=True, threads=1)), "decode part") as pool:
         t0 = time.perf_counter()
-        for i in range(processes):
-            pool.submit(i, (cuts[i], cuts[i + 1]))
-        decoded = sum(pool.result(i) for i in range(processes))
+        decoded = sum(pool.map(parts))
         seconds = time.perf_counter() - t0
-    finally:
-        pool.close()
     assert decoded == n, (decoded, n)
     return seconds
 
